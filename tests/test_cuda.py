@@ -1,0 +1,47 @@
+"""mini_dl.cuda（CPU と GPU の窓口）のテスト。GPU が無くても通ります。"""
+import numpy as np
+import pytest
+
+from mini_dl import Variable, cuda
+
+
+def test_is_available_returns_bool():
+    assert isinstance(cuda.is_available(), bool)
+
+
+def test_get_array_module_for_numpy_variable_and_scalar():
+    assert cuda.get_array_module(np.ones(2)) is np
+    assert cuda.get_array_module(Variable(np.ones(2))) is np
+    assert cuda.get_array_module(1.0) is np
+
+
+def test_array_types_contains_ndarray():
+    assert np.ndarray in cuda.array_types
+
+
+def test_as_numpy():
+    a = np.ones(3)
+    assert cuda.as_numpy(a) is a
+    s = cuda.as_numpy(2.0)
+    assert isinstance(s, np.ndarray) and s == 2.0
+
+
+def test_roundtrip_and_module(xp):
+    a = np.arange(4, dtype=np.float32)
+    g = xp.asarray(a)
+    assert cuda.get_array_module(g) is xp
+    np.testing.assert_array_equal(cuda.as_numpy(g), a)
+    if xp is not np:
+        assert isinstance(cuda.as_cupy(a), xp.ndarray)
+
+
+def test_as_cupy_without_gpu_explains_in_japanese(monkeypatch):
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="CuPy が使える GPU が見つかりません"):
+        cuda.as_cupy(np.ones(2))
+
+
+def test_importable_without_cupy(monkeypatch):
+    monkeypatch.setattr(cuda, "cupy", None)
+    assert cuda.is_available() is False
+    assert cuda.get_array_module(np.ones(1)) is np

@@ -1,0 +1,75 @@
+"""mini_dl/ の公開定義が、章のノートブックに同じソースで載っていることを確かめます。"""
+import pytest
+
+import mirror
+
+PACKAGE_DEFS = mirror.package_definitions()
+
+
+@pytest.fixture(scope="module")
+def by_name():
+    return mirror.book_index()
+
+
+@pytest.mark.parametrize("pkg", PACKAGE_DEFS, ids=[f"{d.where}:{d.name}" for d in PACKAGE_DEFS])
+def test_definition_is_shown_identically_in_a_chapter(pkg, by_name):
+    issues = mirror.check(pkg, by_name)
+    assert not issues, "\n\n".join(issues)
+
+
+def test_package_has_public_definitions():
+    names = {d.name for d in PACKAGE_DEFS}
+    assert {"Variable", "Function", "numerical_diff", "get_array_module"} <= names
+
+
+def _nb(cells):
+    return {"cells": cells}
+
+
+def _code(source):
+    return {"cell_type": "code", "metadata": {}, "source": source, "outputs": [], "execution_count": 1}
+
+
+def test_mirror_detects_drift_missing_and_accepts_drafts(monkeypatch):
+    pkg = mirror.Definition("f", "def f(x):\n    return x + 1", "mini_dl/m.py")
+    same = mirror.Definition("f", pkg.source, "book/a.ipynb のセル 1", "第1章")
+    draft = mirror.Definition("f", "def f(x):\n    return x", "book/a.ipynb のセル 0", "第1章", draft=True)
+    drift = mirror.Definition("f", "def f(x):\n    return x + 2", "book/b.ipynb のセル 3", "第2章")
+    assert mirror.check(pkg, {"f": [draft, same]}) == []
+    missing = mirror.check(pkg, {})
+    assert len(missing) == 1 and "どの章のノートブックにも載っていません" in missing[0]
+    only_draft = mirror.check(pkg, {"f": [draft]})
+    assert len(only_draft) == 1 and "完成版がどの章にもありません" in only_draft[0]
+    drifted = mirror.check(pkg, {"f": [same, drift]})
+    assert len(drifted) == 1 and "第2章" in drifted[0] and "+    return x + 1" in drifted[0]
+
+
+def test_draft_label_is_read_from_first_line(tmp_path, monkeypatch):
+    nb_path = tmp_path / "ch.ipynb"
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": "# 第9章 テスト"},
+        _code("# 下書き（draft）: 最初の形\ndef f(x):\n    return x"),
+        _code("def f(x):\n    return x + 1"),
+        _code("!pip install nothing\ndef g():\n    pass"),
+    ]
+    import booktools
+    booktools.write_nb(nb_path, _nb(cells))
+    monkeypatch.setattr(booktools, "toc_notebooks", lambda: [nb_path])
+    monkeypatch.setattr(mirror, "ROOT", tmp_path)
+    defs = mirror.notebook_definitions()
+    assert [(d.name, d.draft, d.chapter) for d in defs] == [
+        ("f", True, "第9章 テスト"), ("f", False, "第9章 テスト"), ("g", False, "第9章 テスト")]
+
+
+def test_sync_rewrites_final_cells_but_not_drafts(tmp_path, monkeypatch):
+    import booktools
+    nb_path = tmp_path / "ch.ipynb"
+    draft = "# 下書き: 古い形\ndef numerical_diff(f, x):\n    return 0"
+    cells = [_code(draft), _code("import numpy as np\n\n\ndef numerical_diff(f, x):\n    return 1\n\nprint(1)")]
+    booktools.write_nb(nb_path, _nb(cells))
+    monkeypatch.setattr(booktools, "toc_notebooks", lambda: [nb_path])
+    assert mirror.sync() == [nb_path]
+    new = [booktools.cell_source(c) for c in booktools.read_nb(nb_path)["cells"]]
+    pkg = {d.name: d.source for d in PACKAGE_DEFS}["numerical_diff"]
+    assert new[0] == draft
+    assert new[1] == "import numpy as np\n\n\n" + pkg + "\n\nprint(1)"
