@@ -158,7 +158,11 @@ class Exercise:
         except ExerciseFailure:
             raise
         except Exception as exc:
-            where = traceback.extract_tb(exc.__traceback__)[-1]
+            frames = traceback.extract_tb(exc.__traceback__)
+            # 読者のセル（ノートブック）の中でいちばん深い場所を示します
+            mine = [f for f in frames[1:]
+                    if "site-packages" not in f.filename and not f.filename.startswith(sys.base_prefix)]
+            where = (mine or frames)[-1]
             raise ExerciseFailure(
                 f"{self._header()}: 実行中に例外が起きました。\n"
                 f"  {type(exc).__name__}: {exc}\n"
