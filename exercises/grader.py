@@ -310,7 +310,7 @@ class GraderPlugin:
             lines.append(f"  ✔ {r.nodeid.split('::')[-1]}")
         for r in failed:
             lines.append(f"  ✘ {r.nodeid.split('::')[-1]}")
-            lines += ["      " + ln for ln in str(r.longrepr).splitlines()[:12]]
+            lines += ["      " + ln for ln in str(r.longrepr).splitlines()[:16]]
         return lines
 
     def pytest_terminal_summary(self, terminalreporter):

@@ -1,0 +1,136 @@
+"""第3章の隠しテスト。"""
+import numpy as np
+
+from mini_dl import Exp, Function, Square, Variable
+
+
+def _random_shape(rng):
+    return tuple(int(n) for n in rng.integers(1, 5, size=rng.integers(0, 3)))
+
+
+def _function_class(ex):
+    if not (isinstance(ex.obj, type) and issubclass(ex.obj, Function)):
+        ex.fail(f"{ex.name} は Function のサブクラスにしてください。", expected="Function のサブクラス",
+                actual=ex.obj, hint=f"`class {ex.name}(Function):` と書きます。")
+    return ex.obj
+
+
+def _check_elementwise(ex, rng, forward_ref, backward_ref, hint_forward, hint_backward):
+    cls = _function_class(ex)
+    for _ in range(5):
+        shape = _random_shape(rng)
+        x = rng.uniform(-3, 3, size=shape).astype(np.float32)
+        gy = rng.uniform(0.5, 2.0, size=shape).astype(np.float32)
+        inputs = f"shape={shape} の float32 の乱数 x と gy（x={np.round(x.ravel()[:3], 3).tolist()} …）"
+        f = ex.run(cls)
+        y = ex.run(f, Variable(x.copy()))
+        ex.check_close(y.data, forward_ref(x), rtol=1e-5, atol=1e-6, inputs=inputs, hint=hint_forward)
+        ex.check_close(y.data, forward_ref(x), check_dtype=True, inputs=inputs,
+                       hint="float32 の入力には float32 を返します。np.float64 の値を混ぜていませんか。")
+        gx = ex.run(f.backward, gy)
+        ex.check_close(gx, backward_ref(x, gy), rtol=1e-5, atol=1e-6, inputs=inputs, hint=hint_backward)
+        ex.check_close(gx, backward_ref(x, gy), check_dtype=True, inputs=inputs,
+                       hint="逆伝播も float32 のまま計算します。")
+
+
+def test_ex3_1_sin(exercise, rng):
+    ex = exercise("3-1", "Sin")
+    _check_elementwise(
+        ex, rng, np.sin, lambda x, gy: np.cos(x) * gy,
+        "forward は np.sin(x) を返します。",
+        "backward は cos(x) × gy です。x は self.input.data、gy を掛け忘れていないか確かめましょう。")
+
+
+def test_ex3_2_tanh(exercise, rng):
+    ex = exercise("3-2", "Tanh")
+    _check_elementwise(
+        ex, rng, np.tanh, lambda x, gy: (1 - np.tanh(x) ** 2) * gy,
+        "forward は np.tanh(x) を返します。",
+        "backward は (1 - y^2) × gy です。y は入力 x ではなく出力 tanh(x) です。")
+
+
+def test_ex3_2_tanh_instances_are_independent(exercise, rng):
+    ex = exercise("3-2", "Tanh")
+    cls = _function_class(ex)
+    x1 = rng.uniform(-2, 2, size=3).astype(np.float32)
+    x2 = rng.uniform(-2, 2, size=3).astype(np.float32)
+    f1, f2 = ex.run(cls), ex.run(cls)
+    ex.run(f1, Variable(x1))
+    ex.run(f2, Variable(x2))
+    gy = np.ones(3, dtype=np.float32)
+    ex.check_close(ex.run(f1.backward, gy), 1 - np.tanh(x1) ** 2, rtol=1e-5, atol=1e-6,
+                   inputs=f"x1={np.round(x1, 3)!r}, x2={np.round(x2, 3)!r}",
+                   hint="出力はクラス変数ではなく、インスタンス（self）に覚えておきます。"
+                        "2 つの Tanh を順に使っても、それぞれ自分の出力で逆伝播します。")
+
+
+def test_ex3_3_backprop_composite(exercise, rng):
+    ex = exercise("3-3", "backprop_composite")
+    for _ in range(5):
+        x0 = float(rng.uniform(-1, 0.8))
+        x = Variable(np.array(x0))
+        y = ex(x)
+        expected_y = np.exp(np.exp(x0) ** 2)
+        if not isinstance(y, Variable):
+            ex.fail("Variable の y を返してください。", inputs=f"x={x0:.4f}", expected="Variable", actual=y,
+                    hint="最後に `return y` と書きます。")
+        ex.check_close(y.data, expected_y, rtol=1e-6, inputs=f"x={x0:.4f}",
+                       hint="y = exp(square(exp(x))) の順に関数を適用します。")
+        if x.grad is None:
+            ex.fail("x.grad が None のままです。", inputs=f"x={x0:.4f}", expected="dy/dx の値", actual=None,
+                    hint="最後に x.grad = A.backward(a.grad) のように、x の勾配を埋めます。")
+        ex.check_close(x.grad, expected_y * 2 * np.exp(2 * x0), rtol=1e-6, inputs=f"x={x0:.4f}",
+                       hint="dy/dx = y × 2a × e^x（a = e^x）。backward は出力側（最後の関数）から順に呼びます。")
+
+
+class _Cube(Function):
+    def forward(self, x):
+        return x ** 3
+
+    def backward(self, gy):
+        return 3 * self.input.data ** 2 * gy
+
+
+class _WrongSquare(Function):
+    def forward(self, x):
+        return x ** 2
+
+    def backward(self, gy):
+        return self.input.data * gy  # 2 を忘れている
+
+
+class _IgnoresGy(Function):
+    def forward(self, x):
+        return x ** 2
+
+    def backward(self, gy):
+        return 2 * self.input.data  # gy を掛け忘れている
+
+
+class _WrongExp(Function):
+    def forward(self, x):
+        return np.exp(x)
+
+    def backward(self, gy):
+        return np.exp(self.input.data + 0.01) * gy  # 少しだけずれている
+
+
+def test_ex3_4_check_backward(exercise, rng):
+    ex = exercise("3-4", "check_backward")
+    cases = [(Square, True, ""), (Exp, True, ""), (_Cube, True, ""),
+             (_WrongSquare, False, "微分の係数 2 を忘れた backward です。"),
+             (_IgnoresGy, False, "gy を掛け忘れた backward です。gy がすべて 1 だと見逃します。"),
+             (_WrongExp, False, "1% ずれた backward です。許容誤差が大きすぎませんか（rtol=1e-5, atol=1e-7）。")]
+    order = rng.permutation(len(cases))
+    for i in order:
+        cls, expected, why = cases[i]
+        x = rng.uniform(-1.5, 1.5, size=_random_shape(rng) or (3,))
+        name = cls.__name__.lstrip("_")
+        got = ex(cls, x.copy())
+        if not isinstance(got, (bool, np.bool_)):
+            ex.fail("True か False を返してください。", inputs=f"{name}, x={np.round(x, 3)!r}",
+                    expected=expected, actual=got, hint="np.allclose(...) の結果をそのまま返せます。")
+        if bool(got) != expected:
+            ex.fail(f"{name} の判定が違います。{why}", inputs=f"{name}, x={np.round(x, 3)!r}",
+                    expected=expected, actual=got,
+                    hint="backward(gy) と「数値微分 × gy」を、1 ではない gy で比べます。")
