@@ -78,7 +78,11 @@ def read_nb(path):
 
 
 def write_nb(path, nb):
-    text = json.dumps(nb, ensure_ascii=False, indent=1) + "\n"
+    """nbformat と同じ書式（ソースは行のリスト、キーは整列）で保存します。"""
+    for cell in nb["cells"]:
+        if isinstance(cell["source"], str):
+            cell["source"] = cell["source"].splitlines(keepends=True)
+    text = json.dumps(nb, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
     pathlib.Path(path).write_text(text, encoding="utf-8")
 
 

@@ -1,0 +1,97 @@
+"""第1章の隠しテスト。"""
+import numpy as np
+
+
+def _shape(rng, max_ndim=4, low=1, high=6):
+    return tuple(int(n) for n in rng.integers(low, high, size=rng.integers(0, max_ndim + 1)))
+
+
+def test_ex1_1_c_strides(exercise, rng):
+    ex = exercise("1-1", "c_strides")
+    cases = [((), 8), ((5,), 4)] + [(_shape(rng), int(rng.choice([1, 2, 4, 8]))) for _ in range(20)]
+    for shape, itemsize in cases:
+        expected = np.empty(shape, dtype=f"V{itemsize}").strides
+        got = ex(shape, itemsize)
+        try:
+            got = tuple(int(s) for s in got)
+        except TypeError:
+            ex.fail("整数のタプルを返してください。", inputs=f"shape={shape}, itemsize={itemsize}",
+                    expected=expected, actual=got)
+        ex.check_equal(got, expected, inputs=f"shape={shape}, itemsize={itemsize}",
+                       hint="最後の軸の stride は itemsize、1 つ前の軸は「後ろの軸の stride × 後ろの軸の長さ」。"
+                            "順番（前の軸ほど大きい）も確かめましょう。")
+
+
+def _expected_broadcast(a, b):
+    try:
+        return np.broadcast_shapes(a, b)
+    except ValueError:
+        return None
+
+
+def _pair(rng):
+    a = _shape(rng, high=5)
+    b = list(_shape(rng, high=5))
+    # 半分くらいはブロードキャストできる組にする
+    if rng.random() < 0.6:
+        for i in range(1, min(len(a), len(b)) + 1):
+            b[-i] = int(rng.choice([a[-i], 1]))
+    return a, tuple(b)
+
+
+def test_ex1_2_broadcast_shape(exercise, rng):
+    ex = exercise("1-2", "broadcast_shape")
+    cases = [((3, 1), (4,)), ((), (2, 3)), ((0,), (1,)), ((2, 1, 4), (3, 1)), ((3, 4), (3,)), ((0,), (3,))]
+    cases += [_pair(rng) for _ in range(40)]
+    for a, b in cases:
+        expected = _expected_broadcast(a, b)
+        inputs = f"shape_a={a}, shape_b={b}"
+        if expected is None:
+            ex.check_raises(ValueError, ex.obj, a, b, inputs=inputs,
+                            hint="右端からそろえて、長さが違いどちらも 1 でない軸があれば ValueError を送出します。")
+        else:
+            got = ex(a, b)
+            ex.check_equal(tuple(got) if isinstance(got, (tuple, list)) else got, expected, inputs=inputs,
+                           hint="右端の軸からそろえ、足りない軸は左に 1 を補います。長さ 1 の軸は相手の長さ（0 も含む）になります。")
+
+
+def test_ex1_3_matmul_gflops(exercise, rng):
+    ex = exercise("1-3", "matmul_gflops")
+    for _ in range(10):
+        m, k, n = (int(v) for v in rng.integers(1, 3000, size=3))
+        seconds = float(rng.uniform(1e-4, 2.0))
+        got = ex(m, k, n, seconds)
+        ex.check_close(got, 2 * m * n * k / seconds / 1e9, rtol=1e-9, atol=0,
+                       inputs=f"m={m}, k={k}, n={n}, seconds={seconds:.6f}",
+                       hint="演算回数は掛け算と足し算で 2mnk 回です。GFLOP/s は「演算回数 ÷ 秒 ÷ 10^9」です。")
+
+
+def _standardize(x):
+    x = x.astype(np.float64)
+    mu = x.mean(axis=1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5)
+
+
+def test_ex1_4_standardize_rows(exercise, rng):
+    ex = exercise("1-4", "standardize_rows")
+    for _ in range(6):
+        n, d = (int(v) for v in rng.integers(2, 9, size=2))
+        if n == d:
+            d += 1
+        x = (rng.standard_normal((n, d)) * rng.uniform(0.5, 5) + rng.uniform(-3, 3)).astype(np.float32)
+        x[rng.integers(n)] = np.float32(rng.uniform(-2, 2))  # 1 行だけ全部同じ値（分散 0）
+        original = x.copy()
+        inputs = f"shape=({n}, {d}) の float32 の乱数（1 行は全部同じ値）"
+        got = ex(x)
+        if not np.array_equal(x, original):
+            ex.fail("入力の配列 x が書き換えられています。", inputs=inputs, show_values=False,
+                    hint="x -= ... のような書き方は入力を変えてしまいます。新しい配列を作って返しましょう。")
+        if np.isnan(np.asarray(got, dtype=np.float64)).any():
+            ex.fail("結果に NaN が含まれています。", inputs=inputs, show_values=False,
+                    hint="値がすべて同じ行は分散が 0 です。分母は sqrt(分散 + 1e-5) にします。")
+        ex.check_close(got, _standardize(x), rtol=1e-4, atol=1e-4, inputs=inputs,
+                       hint="平均と分散は axis=1（行ごと）で、keepdims=True で (N, 1) のまま引き算・割り算します。")
+        ex.check_close(got, _standardize(x).astype(np.float32), check_dtype=True, rtol=1e-4, atol=1e-4,
+                       inputs=inputs,
+                       hint="float32 の入力には float32 を返します。np.float64 の値や float64 の配列を混ぜていませんか。")
