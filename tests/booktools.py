@@ -95,7 +95,8 @@ def set_setup_cell(path, kind):
     """先頭のコードセルを Colab 用のセルにします（無ければ先頭に足します）。"""
     nb = read_nb(path)
     source = setup_source(kind)
-    tags = [SETUP_TAG] + (["grader-skip"] if kind == "exercise" else [])
+    # 本の HTML には出さず（remove-cell）、採点器は実行しません（grader-skip）
+    tags = [SETUP_TAG] + (["grader-skip"] if kind == "exercise" else ["remove-cell"])
     first = nb["cells"][0] if nb["cells"] else None
     if first is not None and first["cell_type"] == "code" and SETUP_TAG in first["metadata"].get("tags", []):
         first["source"] = source
