@@ -66,7 +66,7 @@ def test_solutions_differ_from_exercises_only_in_answer_cells(ch):
     for i, (a, b) in enumerate(zip(ex, so)):
         sa, sb = booktools.cell_source(a), booktools.cell_source(b)
         first_a, first_b = sa.split("\n", 1)[0], sb.split("\n", 1)[0]
-        if grader.EXERCISE_RE.search(first_a) and first_a.startswith("#"):
+        if a["cell_type"] == "code" and grader.EXERCISE_RE.search(first_a) and first_a.startswith("#"):
             assert first_a == first_b, f"{ch} のセル {i}: 解答セルの 1 行目が違います"
             assert "NotImplementedError" in sa, f"{ch} のセル {i}: 練習の雛形に NotImplementedError がありません"
             assert "NotImplementedError" not in sb, f"{ch} のセル {i}: 解答例が未完成です"
