@@ -1,4 +1,5 @@
 """本の形のチェック: 目次・Colab のセル・実行済みで保存・日本語の図・設定。"""
+import pathlib
 import re
 
 import pytest
@@ -80,3 +81,20 @@ def test_plots_use_japanese_font(path):
     code = "\n".join(booktools.cell_source(c) for c in nb["cells"] if c["cell_type"] == "code")
     if has_png:
         assert "import matplotlib_fontja" in code, f"{path.name}: 図の日本語には matplotlib_fontja を使います"
+
+
+def test_book_builds_without_warnings(tmp_path):
+    """README の本を作るコマンドと同じ設定（警告はエラー）で、本が作れることを確かめます。"""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("jupyter-book", path=str(pathlib.Path(sys.executable).parent))
+    assert exe, "jupyter-book がインストールされていません（pip install -e \".[test]\"）"
+    proc = subprocess.run([exe, "build", str(ROOT), "--path-output", str(tmp_path), "-W", "--keep-going"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    html = tmp_path / "_build" / "html"
+    pages = {p.name for p in (html / "book").glob("*.html")}
+    assert {f"{p.stem}.html" for p in NOTEBOOKS} <= pages
+    assert (html / "searchindex.js").exists()
