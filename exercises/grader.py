@@ -303,14 +303,22 @@ class GraderPlugin:
             self.results.append(report)
 
     def summary_lines(self):
-        passed = [r for r in self.results if r.when == "call" and r.passed]
-        failed = [r for r in self.results if r.failed]
-        lines = [f"採点結果: {len(passed)} / {len(passed) + len(failed)} 問 正解"]
-        for r in passed:
-            lines.append(f"  ✔ {r.nodeid.split('::')[-1]}")
-        for r in failed:
-            lines.append(f"  ✘ {r.nodeid.split('::')[-1]}")
-            lines += ["      " + ln for ln in str(r.longrepr).splitlines()[:16]]
+        """練習ごとの合否（その練習のテストがすべて通れば正解）と、不合格の理由。"""
+        by_exercise = {}
+        for r in self.results:
+            name = r.nodeid.split("::")[-1]
+            m = re.match(r"test_ex(\d+)_(\d+)_", name)
+            key = f"練習 {m.group(1)}-{m.group(2)}" if m else name
+            by_exercise.setdefault(key, []).append(r)
+        solved = [k for k, rs in by_exercise.items() if not any(r.failed for r in rs)]
+        tests_passed = sum(1 for r in self.results if r.when == "call" and r.passed)
+        tests_total = sum(1 for r in self.results if r.when == "call" or r.failed)
+        lines = [f"採点結果: {len(solved)} / {len(by_exercise)} 問 正解（テスト {tests_passed} / {tests_total} 件）"]
+        for key, reports in by_exercise.items():
+            failed = [r for r in reports if r.failed]
+            lines.append(f"  {'✘' if failed else '✔'} {key}")
+            for message in dict.fromkeys(str(r.longrepr) for r in failed):  # 同じ説明は 1 回だけ
+                lines += ["      " + ln for ln in message.splitlines()[:16]]
         return lines
 
     def pytest_terminal_summary(self, terminalreporter):
