@@ -1,8 +1,11 @@
 """mini_dl の心臓部: 変数 ``Variable`` と関数 ``Function``。
 
-第3章で作る最初の形です。このあとの章で、逆伝播の自動化・メモリ管理・
+第3章で作り、第4章で逆伝播を自動化した形です。このあとの章で、メモリ管理・
 演算子の多重定義・高階微分へと少しずつ育てていきます。
 """
+import heapq
+import itertools
+
 import numpy as np
 
 from mini_dl import cuda
@@ -39,35 +42,110 @@ class Variable:
         self.data = data
         self.name = name
         self.grad = None
+        self.creator = None
+        self.generation = 0
+
+    def set_creator(self, func):
+        """この変数を作った関数 ``func`` を記録し、世代を ``func`` の世代 + 1 にします。"""
+        self.creator = func
+        self.generation = func.generation + 1
+
+    def cleargrad(self):
+        """勾配を消します（同じ変数で別の計算を微分し直す前に呼びます）。"""
+        self.grad = None
+
+    def backward(self):
+        """この変数から計算グラフをさかのぼり、途中のすべての変数の ``grad`` を求めます。
+
+        関数は世代（generation）の大きい順、つまり出力に近い順に 1 回ずつ呼びます。
+        同じ変数に複数の道から勾配が届いたときは、足し合わせます。
+
+        ``grad`` が未設定なら、出発点の勾配を 1 とします。これができるのは要素が
+        1 個の変数（損失など）だけです。それ以外の変数から始めるときは、先に
+        ``grad`` に出力側の勾配を入れておきます（PyTorch と同じ規則です）。
+
+        Raises:
+            ValueError: ``grad`` が未設定で、``data`` の要素が 1 個ではないとき。
+        """
+        if self.grad is None:
+            if self.data.size != 1:
+                raise ValueError(
+                    f"backward() を grad なしで呼べるのは、要素が 1 個の変数だけです"
+                    f"（この変数の shape: {self.data.shape}）。"
+                    f"先に grad に出力側の勾配を入れてください。"
+                )
+            xp = cuda.get_array_module(self.data)
+            self.grad = xp.ones_like(self.data)
+
+        funcs = []  # (-世代, 追加した順番, 関数) のヒープ: 世代の大きい関数から取り出す
+        seen = set()
+        order = itertools.count()
+
+        def add_func(f):
+            if f not in seen:
+                seen.add(f)
+                heapq.heappush(funcs, (-f.generation, next(order), f))
+
+        if self.creator is not None:
+            add_func(self.creator)
+        while funcs:
+            _, _, f = heapq.heappop(funcs)
+            # 使われなかった出力（grad が None）からは、勾配 0 が流れてくるとみなします
+            gys = [y.grad if y.grad is not None else cuda.get_array_module(y.data).zeros_like(y.data)
+                   for y in f.outputs]
+            gxs = f.backward(*gys)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            if len(gxs) != len(f.inputs):
+                raise ValueError(
+                    f"{type(f).__name__}.backward は入力の数（{len(f.inputs)} 個）だけ勾配を返します"
+                    f"（返ってきた数: {len(gxs)} 個）"
+                )
+            for x, gx in zip(f.inputs, gxs):
+                if x.grad is None:
+                    x.grad = gx
+                else:
+                    x.grad = x.grad + gx  # 複数の道から届いた勾配は足し合わせる
+                if x.creator is not None:
+                    add_func(x.creator)
 
 
 class Function:
     """すべての関数（演算）の基底クラスです。
 
-    ``Function`` のインスタンスを ``Variable`` に適用すると、中身の配列を
-    ``forward`` で計算し、結果を新しい ``Variable`` に入れて返します。
-    入力は逆伝播（``backward``）で使うので ``self.input`` に覚えておきます。
+    ``Function`` のインスタンスを 1 個以上の ``Variable`` に適用すると、中身の配列を
+    ``forward`` で計算し、結果を新しい ``Variable`` に入れて返します（出力が複数なら
+    リスト）。このとき、入力・出力・世代を覚え、出力に「自分を作った関数」として
+    自分を記録します。これが計算グラフになり、``Variable.backward`` がたどります。
     具体的な計算はサブクラスの ``forward`` と ``backward`` に書きます。
     """
 
-    def __call__(self, input):
-        if not isinstance(input, Variable):
-            raise TypeError(
-                f"{type(self).__name__} には Variable を渡してください"
-                f"（受け取った型: {type(input).__name__}）"
-            )
-        x = input.data
-        y = self.forward(x)
-        output = Variable(as_array(y))
-        self.input = input
-        return output
+    def __call__(self, *inputs):
+        for x in inputs:
+            if not isinstance(x, Variable):
+                raise TypeError(
+                    f"{type(self).__name__} には Variable を渡してください"
+                    f"（受け取った型: {type(x).__name__}）"
+                )
+        xs = [x.data for x in inputs]
+        ys = self.forward(*xs)
+        if not isinstance(ys, tuple):
+            ys = (ys,)
+        outputs = [Variable(as_array(y)) for y in ys]
 
-    def forward(self, x):
-        """順伝播: 配列 ``x`` から出力の配列を計算します（サブクラスで実装）。"""
+        self.generation = max(x.generation for x in inputs)
+        for output in outputs:
+            output.set_creator(self)
+        self.inputs = inputs
+        self.outputs = outputs
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def forward(self, *xs):
+        """順伝播: 入力の配列から出力の配列（複数ならタプル）を計算します（サブクラスで実装）。"""
         raise NotImplementedError(f"{type(self).__name__}.forward が実装されていません")
 
-    def backward(self, gy):
-        """逆伝播: 出力側の勾配 ``gy`` から入力側の勾配を計算します（サブクラスで実装）。"""
+    def backward(self, *gys):
+        """逆伝播: 出力側の勾配から、入力ごとの勾配（複数ならタプル）を計算します（サブクラスで実装）。"""
         raise NotImplementedError(f"{type(self).__name__}.backward が実装されていません")
 
 
@@ -78,7 +156,7 @@ class Square(Function):
         return x ** 2
 
     def backward(self, gy):
-        x = self.input.data
+        x = self.inputs[0].data
         gx = 2 * x * gy
         return gx
 
@@ -92,9 +170,27 @@ class Exp(Function):
 
     def backward(self, gy):
         xp = cuda.get_array_module(gy)
-        x = self.input.data
+        x = self.inputs[0].data
         gx = xp.exp(x) * gy
         return gx
+
+
+class Add(Function):
+    r"""足し算 :math:`y = x_0 + x_1`。どちらの入力についての微分も 1 です。
+
+    入力の shape は同じでなければなりません（ブロードキャストする足し算は第8章で扱います）。
+    """
+
+    def forward(self, x0, x1):
+        if x0.shape != x1.shape:
+            raise ValueError(
+                f"Add の 2 つの入力は同じ shape にしてください（受け取った shape: {x0.shape} と {x1.shape}）"
+            )
+        y = x0 + x1
+        return y
+
+    def backward(self, gy):
+        return gy, gy
 
 
 def square(x):
@@ -119,6 +215,19 @@ def exp(x):
         Variable: ``x`` の各要素の指数関数の値。
     """
     return Exp()(x)
+
+
+def add(x0, x1):
+    """``Add()(x0, x1)`` の短縮形です。
+
+    Args:
+        x0 (Variable): 1 つ目の入力。
+        x1 (Variable): 2 つ目の入力（``x0`` と同じ shape）。
+
+    Returns:
+        Variable: ``x0 + x1``。
+    """
+    return Add()(x0, x1)
 
 
 def as_array(x):

@@ -1,11 +1,11 @@
-"""第3章の Variable と Function、Square と Exp のテスト。"""
+"""Variable と Function の基本、Square・Exp・Add の順伝播と逆伝播のテスト。"""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mini_dl import Exp, Function, Square, Variable, as_array, cuda, exp, numerical_diff, square
+from mini_dl import Add, Exp, Function, Square, Variable, add, as_array, cuda, exp, numerical_diff, square
 
 SHAPES = [(), (1,), (3,), (2, 3), (2, 1, 4)]
 ELEMENTWISE = {
@@ -69,7 +69,8 @@ def test_function_remembers_input_and_wraps_output():
     x = Variable(np.array([1.0, 2.0], dtype=np.float32))
     f = Square()
     y = f(x)
-    assert isinstance(y, Variable) and f.input is x
+    assert isinstance(y, Variable) and f.inputs == (x,) and f.outputs == [y]
+    assert y.creator is f and y.generation == 1 and f.generation == 0
 
 
 def test_as_array():

@@ -1,22 +1,30 @@
-"""第3章の隠しテスト。"""
+"""第3章の隠しテスト。
+
+練習のノートブックは、第3章の時点の Variable・Function・Square・Exp を自分で定義しています。
+テストも、パッケージではなくノートブックのそれを使います。
+"""
 import numpy as np
 
-from mini_dl import Exp, Function, Square, Variable
+
+def _chapter3(exercise, name):
+    """ノートブックの準備のセルで定義された、第3章の時点のクラス。"""
+    return exercise("3-1", name).obj
 
 
 def _random_shape(rng):
     return tuple(int(n) for n in rng.integers(1, 5, size=rng.integers(0, 3)))
 
 
-def _function_class(ex):
+def _function_class(ex, Function):
     if not (isinstance(ex.obj, type) and issubclass(ex.obj, Function)):
         ex.fail(f"{ex.name} は Function のサブクラスにしてください。", expected="Function のサブクラス",
                 actual=ex.obj, hint=f"`class {ex.name}(Function):` と書きます。")
     return ex.obj
 
 
-def _check_elementwise(ex, rng, forward_ref, backward_ref, hint_forward, hint_backward):
-    cls = _function_class(ex)
+def _check_elementwise(ex, exercise, rng, forward_ref, backward_ref, hint_forward, hint_backward):
+    Variable = _chapter3(exercise, "Variable")
+    cls = _function_class(ex, _chapter3(exercise, "Function"))
     for _ in range(5):
         shape = _random_shape(rng)
         x = rng.uniform(-3, 3, size=shape).astype(np.float32)
@@ -36,7 +44,7 @@ def _check_elementwise(ex, rng, forward_ref, backward_ref, hint_forward, hint_ba
 def test_ex3_1_sin(exercise, rng):
     ex = exercise("3-1", "Sin")
     _check_elementwise(
-        ex, rng, np.sin, lambda x, gy: np.cos(x) * gy,
+        ex, exercise, rng, np.sin, lambda x, gy: np.cos(x) * gy,
         "forward は np.sin(x) を返します。",
         "backward は cos(x) × gy です。x は self.input.data、gy を掛け忘れていないか確かめましょう。")
 
@@ -44,14 +52,15 @@ def test_ex3_1_sin(exercise, rng):
 def test_ex3_2_tanh(exercise, rng):
     ex = exercise("3-2", "Tanh")
     _check_elementwise(
-        ex, rng, np.tanh, lambda x, gy: (1 - np.tanh(x) ** 2) * gy,
+        ex, exercise, rng, np.tanh, lambda x, gy: (1 - np.tanh(x) ** 2) * gy,
         "forward は np.tanh(x) を返します。",
         "backward は (1 - y^2) × gy です。y は入力 x ではなく出力 tanh(x) です。")
 
 
 def test_ex3_2_tanh_instances_are_independent(exercise, rng):
     ex = exercise("3-2", "Tanh")
-    cls = _function_class(ex)
+    Variable = _chapter3(exercise, "Variable")
+    cls = _function_class(ex, _chapter3(exercise, "Function"))
     x1 = rng.uniform(-2, 2, size=3).astype(np.float32)
     x2 = rng.uniform(-2, 2, size=3).astype(np.float32)
     f1, f2 = ex.run(cls), ex.run(cls)
@@ -66,6 +75,7 @@ def test_ex3_2_tanh_instances_are_independent(exercise, rng):
 
 def test_ex3_3_backprop_composite(exercise, rng):
     ex = exercise("3-3", "backprop_composite")
+    Variable = _chapter3(exercise, "Variable")
     for _ in range(5):
         x0 = float(rng.uniform(-1, 0.8))
         x = Variable(np.array(x0))
@@ -83,49 +93,52 @@ def test_ex3_3_backprop_composite(exercise, rng):
                        hint="dy/dx = y × 2a × e^x（a = e^x）。backward は出力側（最後の関数）から順に呼びます。")
 
 
-class _Cube(Function):
-    def forward(self, x):
-        return x ** 3
+def _test_classes(Function):
+    """採点用の関数たち: 正しい逆伝播と、わざと間違えた逆伝播。"""
 
-    def backward(self, gy):
-        return 3 * self.input.data ** 2 * gy
+    class Cube(Function):
+        def forward(self, x):
+            return x ** 3
 
+        def backward(self, gy):
+            return 3 * self.input.data ** 2 * gy
 
-class _WrongSquare(Function):
-    def forward(self, x):
-        return x ** 2
+    class WrongSquare(Function):
+        def forward(self, x):
+            return x ** 2
 
-    def backward(self, gy):
-        return self.input.data * gy  # 2 を忘れている
+        def backward(self, gy):
+            return self.input.data * gy  # 2 を忘れている
 
+    class IgnoresGy(Function):
+        def forward(self, x):
+            return x ** 2
 
-class _IgnoresGy(Function):
-    def forward(self, x):
-        return x ** 2
+        def backward(self, gy):
+            return 2 * self.input.data  # gy を掛け忘れている
 
-    def backward(self, gy):
-        return 2 * self.input.data  # gy を掛け忘れている
+    class WrongExp(Function):
+        def forward(self, x):
+            return np.exp(x)
 
+        def backward(self, gy):
+            return np.exp(self.input.data + 0.01) * gy  # 少しだけずれている
 
-class _WrongExp(Function):
-    def forward(self, x):
-        return np.exp(x)
-
-    def backward(self, gy):
-        return np.exp(self.input.data + 0.01) * gy  # 少しだけずれている
+    return Cube, WrongSquare, IgnoresGy, WrongExp
 
 
 def test_ex3_4_check_backward(exercise, rng):
     ex = exercise("3-4", "check_backward")
-    cases = [(Square, True, ""), (Exp, True, ""), (_Cube, True, ""),
-             (_WrongSquare, False, "微分の係数 2 を忘れた backward です。"),
-             (_IgnoresGy, False, "gy を掛け忘れた backward です。gy がすべて 1 だと見逃します。"),
-             (_WrongExp, False, "1% ずれた backward です。許容誤差が大きすぎませんか（rtol=1e-5, atol=1e-7）。")]
+    Cube, WrongSquare, IgnoresGy, WrongExp = _test_classes(_chapter3(exercise, "Function"))
+    cases = [(_chapter3(exercise, "Square"), True, ""), (_chapter3(exercise, "Exp"), True, ""), (Cube, True, ""),
+             (WrongSquare, False, "微分の係数 2 を忘れた backward です。"),
+             (IgnoresGy, False, "gy を掛け忘れた backward です。gy がすべて 1 だと見逃します。"),
+             (WrongExp, False, "1% ずれた backward です。許容誤差が大きすぎませんか（rtol=1e-5, atol=1e-7）。")]
     order = rng.permutation(len(cases))
     for i in order:
         cls, expected, why = cases[i]
         x = rng.uniform(-1.5, 1.5, size=_random_shape(rng) or (3,))
-        name = cls.__name__.lstrip("_")
+        name = cls.__name__
         got = ex(cls, x.copy())
         if not isinstance(got, (bool, np.bool_)):
             ex.fail("True か False を返してください。", inputs=f"{name}, x={np.round(x, 3)!r}",
