@@ -29,7 +29,8 @@ def _check_elementwise(ex, exercise, rng, forward_ref, backward_ref, hint_forwar
         shape = _random_shape(rng)
         x = rng.uniform(-3, 3, size=shape).astype(np.float32)
         gy = rng.uniform(0.5, 2.0, size=shape).astype(np.float32)
-        inputs = f"shape={shape} の float32 の乱数 x と gy（x={np.round(x.ravel()[:3], 3).tolist()} …）"
+        inputs = (f"shape={shape} の float32 の乱数 x と gy"
+                  f"（x の先頭: {np.round(x.ravel()[:3].astype(np.float64), 3).tolist()}）")
         f = ex.run(cls)
         y = ex.run(f, Variable(x.copy()))
         ex.check_close(y.data, forward_ref(x), rtol=1e-5, atol=1e-6, inputs=inputs, hint=hint_forward)
@@ -76,21 +77,41 @@ def test_ex3_2_tanh_instances_are_independent(exercise, rng):
 def test_ex3_3_backprop_composite(exercise, rng):
     ex = exercise("3-3", "backprop_composite")
     Variable = _chapter3(exercise, "Variable")
-    for _ in range(5):
+    for dtype in [np.float64, np.float32, np.float32, np.float64]:
         x0 = float(rng.uniform(-1, 0.8))
-        x = Variable(np.array(x0))
-        y = ex(x)
-        expected_y = np.exp(np.exp(x0) ** 2)
-        if not isinstance(y, Variable):
-            ex.fail("Variable の y を返してください。", inputs=f"x={x0:.4f}", expected="Variable", actual=y,
-                    hint="最後に `return y` と書きます。")
-        ex.check_close(y.data, expected_y, rtol=1e-6, inputs=f"x={x0:.4f}",
+        x = Variable(np.array(x0, dtype=dtype))
+        inputs = f"x = Variable(np.array({x0:.4f}, dtype=np.{dtype.__name__}))"
+        out = ex(x)
+        if not (isinstance(out, tuple) and len(out) == 3 and all(isinstance(v, Variable) for v in out)):
+            ex.fail("途中の変数と出力を、Variable 3 つのタプル (a, b, y) で返してください。", inputs=inputs,
+                    expected="(a, b, y)", actual=out, hint="最後に `return a, b, y` と書きます。")
+        a, b, y = out
+        # 式で計算した答え（float64）: a = e^x, b = a^2, y = e^b
+        a_ref = np.exp(x0)
+        b_ref = a_ref ** 2
+        y_ref = np.exp(b_ref)
+        rtol = 1e-5 if dtype is np.float32 else 1e-9
+        ex.check_close(a.data, a_ref, rtol=rtol, inputs=inputs,
+                       hint="a = exp(x)、b = square(a)、y = exp(b) の順に関数を適用し、a, b, y を返します。")
+        ex.check_close(y.data, y_ref, rtol=rtol, inputs=inputs,
                        hint="y = exp(square(exp(x))) の順に関数を適用します。")
-        if x.grad is None:
-            ex.fail("x.grad が None のままです。", inputs=f"x={x0:.4f}", expected="dy/dx の値", actual=None,
-                    hint="最後に x.grad = A.backward(a.grad) のように、x の勾配を埋めます。")
-        ex.check_close(x.grad, expected_y * 2 * np.exp(2 * x0), rtol=1e-6, inputs=f"x={x0:.4f}",
-                       hint="dy/dx = y × 2a × e^x（a = e^x）。backward は出力側（最後の関数）から順に呼びます。")
+        grads = [
+            (y, "y", 1.0, "y.grad は dy/dy = 1 です。"),
+            (b, "b", y_ref, "b.grad = C.backward(y.grad) のように、最後の関数（y を作った exp）から呼びます。"),
+            (a, "a", 2 * a_ref * y_ref,
+             "a.grad = B.backward(b.grad)。backward は出力側から順に（C → B → A）呼びます。"),
+            (x, "x", a_ref * 2 * a_ref * y_ref,
+             "x.grad = A.backward(a.grad)。dy/dx = e^x × 2a × e^b です。"),
+        ]
+        for var, name, ref, hint in grads:
+            if var.grad is None:
+                ex.fail(f"{name}.grad が None のままです。", inputs=inputs, expected=f"dy/d{name} の値",
+                        actual=None, hint=f"{name}.grad に勾配を入れます。{hint}")
+            expected = np.asarray(ref, dtype=dtype)
+            ex.check_close(var.grad, expected, rtol=rtol, inputs=f"{inputs}、{name}.grad を確認", hint=hint)
+            ex.check_close(var.grad, expected, check_dtype=True, rtol=rtol, inputs=f"{inputs}、{name}.grad を確認",
+                           hint="y.grad は x.data と同じ dtype の配列にします（np.ones_like(y.data)）。"
+                                "np.array(1.0) は float64 なので、float32 の計算が float64 に変わってしまいます。")
 
 
 def _test_classes(Function):
@@ -122,7 +143,7 @@ def _test_classes(Function):
             return np.exp(x)
 
         def backward(self, gy):
-            return np.exp(self.input.data + 0.01) * gy  # 少しだけずれている
+            return np.exp(self.input.data + 0.001) * gy  # 0.1% だけずれている
 
     return Cube, WrongSquare, IgnoresGy, WrongExp
 
@@ -133,7 +154,7 @@ def test_ex3_4_check_backward(exercise, rng):
     cases = [(_chapter3(exercise, "Square"), True, ""), (_chapter3(exercise, "Exp"), True, ""), (Cube, True, ""),
              (WrongSquare, False, "微分の係数 2 を忘れた backward です。"),
              (IgnoresGy, False, "gy を掛け忘れた backward です。gy がすべて 1 だと見逃します。"),
-             (WrongExp, False, "1% ずれた backward です。許容誤差が大きすぎませんか（rtol=1e-5, atol=1e-7）。")]
+             (WrongExp, False, "0.1% だけずれた backward です。許容誤差が大きすぎませんか（rtol=1e-5, atol=1e-7）。")]
     order = rng.permutation(len(cases))
     for i in order:
         cls, expected, why = cases[i]
