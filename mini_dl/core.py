@@ -1,14 +1,55 @@
-"""mini_dl の心臓部: 変数 ``Variable`` と関数 ``Function``。
+"""mini_dl の心臓部: 変数 ``Variable``、関数 ``Function``、四則演算と行列積。
 
-第3章で作り、第4章で逆伝播を自動化した形です。このあとの章で、メモリ管理・
-演算子の多重定義・高階微分へと少しずつ育てていきます。
+第3章で作り、第4章で逆伝播を自動化し、第5章でメモリとモード（``Config``・``no_grad``）を、
+第6章で演算子と四則演算を、第7章で高階微分（``create_graph``）を加えた形です。
 """
+import contextlib
 import heapq
 import itertools
+import weakref
 
 import numpy as np
 
 from mini_dl import cuda
+
+
+class Config:
+    """mini_dl 全体の設定です。
+
+    Attributes:
+        enable_backprop: ``True`` なら、関数を呼ぶたびに逆伝播のためのつながり
+            （計算グラフ）を記録します。推論だけのときは ``False`` にしてメモリを節約します。
+    """
+
+    enable_backprop = True
+
+
+@contextlib.contextmanager
+def using_config(name, value):
+    """``with`` ブロックの中だけ、``Config`` の設定 ``name`` を ``value`` に変えます。
+
+    ブロックを抜けると（例外で抜けても）元の値に戻ります。
+
+    Args:
+        name (str): 設定の名前（例: ``"enable_backprop"``）。
+        value: ブロックの中での値。
+
+    Raises:
+        AttributeError: ``Config`` にない名前を渡したとき。
+    """
+    if not hasattr(Config, name):
+        raise AttributeError(f"Config に設定 {name!r} はありません")
+    old_value = getattr(Config, name)
+    setattr(Config, name, value)
+    try:
+        yield
+    finally:
+        setattr(Config, name, old_value)
+
+
+def no_grad():
+    """計算グラフを作らないモードにします（``with mini_dl.no_grad():`` と使います）。"""
+    return using_config("enable_backprop", False)
 
 
 class Variable:
@@ -22,12 +63,17 @@ class Variable:
 
     Attributes:
         data: 中身の配列。
-        grad: 逆伝播で求めた勾配（``data`` と同じ shape）。求める前は ``None``。
+        grad (Variable): 逆伝播で求めた勾配（``data`` と同じ shape）。求める前は ``None``。
+        creator (Function): この変数を作った関数。入力として作った変数なら ``None``。
+        generation (int): 世代。入力から何段目の関数で作られたかを表します。
         name: 変数の名前。
 
     Raises:
         TypeError: ``data`` が配列でも数値でもないとき。
     """
+
+    # ndarray と Variable の演算（ndarray が左）で、Variable の演算子を優先させます
+    __array_priority__ = 200
 
     def __init__(self, data, name=None):
         if isinstance(data, np.generic):
@@ -45,6 +91,76 @@ class Variable:
         self.creator = None
         self.generation = 0
 
+    @property
+    def shape(self):
+        """中身の配列の shape です。"""
+        return self.data.shape
+
+    @property
+    def ndim(self):
+        """中身の配列の次元数です。"""
+        return self.data.ndim
+
+    @property
+    def size(self):
+        """中身の配列の要素数です。"""
+        return self.data.size
+
+    @property
+    def dtype(self):
+        """中身の配列の dtype です。"""
+        return self.data.dtype
+
+    @property
+    def T(self):
+        """転置（軸の順番をすべて逆にしたもの）です。"""
+        return transpose(self)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        if self.data is None:
+            return "variable(None)"
+        body = str(self.data).replace("\n", "\n" + " " * len("variable("))
+        return f"variable({body})"
+
+    def __neg__(self):
+        return neg(self)
+
+    def __add__(self, other):
+        return add(self, other)
+
+    def __radd__(self, other):
+        return add(other, self)
+
+    def __sub__(self, other):
+        return sub(self, other)
+
+    def __rsub__(self, other):
+        return sub(other, self)
+
+    def __mul__(self, other):
+        return mul(self, other)
+
+    def __rmul__(self, other):
+        return mul(other, self)
+
+    def __truediv__(self, other):
+        return div(self, other)
+
+    def __rtruediv__(self, other):
+        return div(other, self)
+
+    def __pow__(self, c):
+        return pow(self, c)
+
+    def __matmul__(self, other):
+        return matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return matmul(other, self)
+
     def set_creator(self, func):
         """この変数を作った関数 ``func`` を記録し、世代を ``func`` の世代 + 1 にします。"""
         self.creator = func
@@ -54,8 +170,8 @@ class Variable:
         """勾配を消します（同じ変数で別の計算を微分し直す前に呼びます）。"""
         self.grad = None
 
-    def backward(self):
-        """この変数から計算グラフをさかのぼり、途中のすべての変数の ``grad`` を求めます。
+    def backward(self, retain_grad=False, create_graph=False):
+        """この変数から計算グラフをさかのぼり、入力側の変数の ``grad`` を求めます。
 
         関数は世代（generation）の大きい順、つまり出力に近い順に 1 回ずつ呼びます。
         同じ変数に複数の道から勾配が届いたときは、足し合わせます。
@@ -64,8 +180,15 @@ class Variable:
         1 個の変数（損失など）だけです。それ以外の変数から始めるときは、先に
         ``grad`` に出力側の勾配を入れておきます（PyTorch と同じ規則です）。
 
+        Args:
+            retain_grad (bool): ``False`` なら、途中の変数（関数の出力）の勾配は使い終わったら
+                消し、メモリを節約します。残るのは入力側の変数（``creator`` が ``None``）の勾配です。
+            create_graph (bool): ``True`` なら、逆伝播の計算そのものも計算グラフに記録します。
+                求めた ``grad`` をさらに微分できる（高階微分）ようになります。
+
         Raises:
-            ValueError: ``grad`` が未設定で、``data`` の要素が 1 個ではないとき。
+            ValueError: ``grad`` が未設定で ``data`` の要素が 1 個ではないとき、
+                または ``grad`` の shape が ``data`` と違うとき。
         """
         if self.grad is None:
             if self.data.size != 1:
@@ -75,7 +198,13 @@ class Variable:
                     f"先に grad に出力側の勾配を入れてください。"
                 )
             xp = cuda.get_array_module(self.data)
-            self.grad = xp.ones_like(self.data)
+            self.grad = Variable(xp.ones_like(self.data))
+        elif not isinstance(self.grad, Variable):
+            self.grad = Variable(as_array(self.grad))
+        if self.grad.shape != self.data.shape:
+            raise ValueError(
+                f"grad の shape {self.grad.shape} が data の shape {self.data.shape} と違います"
+            )
 
         funcs = []  # (-世代, 追加した順番, 関数) のヒープ: 世代の大きい関数から取り出す
         seen = set()
@@ -90,54 +219,77 @@ class Variable:
             add_func(self.creator)
         while funcs:
             _, _, f = heapq.heappop(funcs)
-            # 使われなかった出力（grad が None）からは、勾配 0 が流れてくるとみなします
-            gys = [y.grad if y.grad is not None else cuda.get_array_module(y.data).zeros_like(y.data)
-                   for y in f.outputs]
-            gxs = f.backward(*gys)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            if len(gxs) != len(f.inputs):
-                raise ValueError(
-                    f"{type(f).__name__}.backward は入力の数（{len(f.inputs)} 個）だけ勾配を返します"
-                    f"（返ってきた数: {len(gxs)} 個）"
-                )
-            for x, gx in zip(f.inputs, gxs):
-                if x.grad is None:
-                    x.grad = gx
-                else:
-                    x.grad = x.grad + gx  # 複数の道から届いた勾配は足し合わせる
-                if x.creator is not None:
-                    add_func(x.creator)
+            outputs = [ref() for ref in f.outputs]  # 弱参照から出力を取り出す（消えていれば None）
+            gys = [_output_grad(f, i, y) for i, y in enumerate(outputs)]
+
+            with using_config("enable_backprop", create_graph):
+                gxs = f.backward(*gys)
+                if not isinstance(gxs, tuple):
+                    gxs = (gxs,)
+                if len(gxs) != len(f.inputs):
+                    raise ValueError(
+                        f"{type(f).__name__}.backward は入力の数（{len(f.inputs)} 個）だけ勾配を返します"
+                        f"（返ってきた数: {len(gxs)} 個）"
+                    )
+                for x, gx in zip(f.inputs, gxs):
+                    if not isinstance(gx, Variable):
+                        gx = Variable(as_array(gx))
+                    if gx.shape != x.shape:
+                        raise ValueError(
+                            f"{type(f).__name__}.backward が返した勾配の shape {gx.shape} が、"
+                            f"入力の shape {x.shape} と違います"
+                        )
+                    if x.grad is None:
+                        x.grad = gx
+                    else:
+                        x.grad = x.grad + gx  # 複数の道から届いた勾配は足し合わせる
+                    if x.creator is not None:
+                        add_func(x.creator)
+
+            if not retain_grad:
+                for y in outputs:
+                    if y is not None:
+                        y.grad = None  # 途中の変数の勾配は使い終わったので消す
+
+
+def _output_grad(f, i, y):
+    """関数 ``f`` の ``i`` 番目の出力 ``y`` の勾配。使われなかった出力からは 0 が流れてきたとみなします。"""
+    if y is not None and y.grad is not None:
+        return y.grad
+    shape, dtype = f.output_specs[i]
+    xp = cuda.get_array_module(f.inputs[0].data)
+    return Variable(xp.zeros(shape, dtype=dtype))
 
 
 class Function:
     """すべての関数（演算）の基底クラスです。
 
-    ``Function`` のインスタンスを 1 個以上の ``Variable`` に適用すると、中身の配列を
-    ``forward`` で計算し、結果を新しい ``Variable`` に入れて返します（出力が複数なら
-    リスト）。このとき、入力・出力・世代を覚え、出力に「自分を作った関数」として
-    自分を記録します。これが計算グラフになり、``Variable.backward`` がたどります。
-    具体的な計算はサブクラスの ``forward`` と ``backward`` に書きます。
+    ``Function`` のインスタンスを 1 個以上の入力に適用すると、中身の配列を ``forward`` で
+    計算し、結果を新しい ``Variable`` に入れて返します（出力が複数ならリスト）。
+    入力には ``Variable`` のほか、配列や数値も渡せます（``Variable`` に包みます）。
+
+    逆伝播が有効（``Config.enable_backprop``）なら、入力・出力・世代を覚え、出力に
+    「自分を作った関数」として自分を記録します。これが計算グラフになり、``Variable.backward``
+    がたどります。出力は弱参照（``weakref``）で持つので、関数と出力の間に循環参照はできません。
+    具体的な計算はサブクラスの ``forward``（配列の計算）と ``backward``（``Variable`` の計算）に書きます。
     """
 
     def __call__(self, *inputs):
-        for x in inputs:
-            if not isinstance(x, Variable):
-                raise TypeError(
-                    f"{type(self).__name__} には Variable を渡してください"
-                    f"（受け取った型: {type(x).__name__}）"
-                )
+        inputs = [_as_input(self, x) for x in inputs]
         xs = [x.data for x in inputs]
         ys = self.forward(*xs)
         if not isinstance(ys, tuple):
             ys = (ys,)
         outputs = [Variable(as_array(y)) for y in ys]
 
-        self.generation = max(x.generation for x in inputs)
-        for output in outputs:
-            output.set_creator(self)
-        self.inputs = inputs
-        self.outputs = outputs
+        if Config.enable_backprop:
+            self.generation = max(x.generation for x in inputs)
+            for output in outputs:
+                output.set_creator(self)
+            self.inputs = inputs
+            self.outputs = [weakref.ref(output) for output in outputs]
+            # 出力が消えても勾配 0 を作れるように、shape と dtype を覚えておく
+            self.output_specs = [(y.shape, y.dtype) for y in outputs]
         return outputs if len(outputs) > 1 else outputs[0]
 
     def forward(self, *xs):
@@ -145,89 +297,20 @@ class Function:
         raise NotImplementedError(f"{type(self).__name__}.forward が実装されていません")
 
     def backward(self, *gys):
-        """逆伝播: 出力側の勾配から、入力ごとの勾配（複数ならタプル）を計算します（サブクラスで実装）。"""
+        """逆伝播: 出力側の勾配（``Variable``）から、入力ごとの勾配（複数ならタプル）を計算します（サブクラスで実装）。"""
         raise NotImplementedError(f"{type(self).__name__}.backward が実装されていません")
 
 
-class Square(Function):
-    r"""2 乗 :math:`y = x^2`。微分は :math:`\frac{dy}{dx} = 2x` です。"""
-
-    def forward(self, x):
-        return x ** 2
-
-    def backward(self, gy):
-        x = self.inputs[0].data
-        gx = 2 * x * gy
-        return gx
-
-
-class Exp(Function):
-    r"""指数関数 :math:`y = e^x`。微分は :math:`\frac{dy}{dx} = e^x` です。"""
-
-    def forward(self, x):
-        xp = cuda.get_array_module(x)
-        return xp.exp(x)
-
-    def backward(self, gy):
-        xp = cuda.get_array_module(gy)
-        x = self.inputs[0].data
-        gx = xp.exp(x) * gy
-        return gx
-
-
-class Add(Function):
-    r"""足し算 :math:`y = x_0 + x_1`。どちらの入力についての微分も 1 です。
-
-    入力の shape は同じでなければなりません（ブロードキャストする足し算は第8章で扱います）。
-    """
-
-    def forward(self, x0, x1):
-        if x0.shape != x1.shape:
-            raise ValueError(
-                f"Add の 2 つの入力は同じ shape にしてください（受け取った shape: {x0.shape} と {x1.shape}）"
-            )
-        y = x0 + x1
-        return y
-
-    def backward(self, gy):
-        return gy, gy
-
-
-def square(x):
-    """``Square()(x)`` の短縮形です。
-
-    Args:
-        x (Variable): 入力。
-
-    Returns:
-        Variable: ``x`` の各要素を 2 乗した値。
-    """
-    return Square()(x)
-
-
-def exp(x):
-    """``Exp()(x)`` の短縮形です。
-
-    Args:
-        x (Variable): 入力。
-
-    Returns:
-        Variable: ``x`` の各要素の指数関数の値。
-    """
-    return Exp()(x)
-
-
-def add(x0, x1):
-    """``Add()(x0, x1)`` の短縮形です。
-
-    Args:
-        x0 (Variable): 1 つ目の入力。
-        x1 (Variable): 2 つ目の入力（``x0`` と同じ shape）。
-
-    Returns:
-        Variable: ``x0 + x1``。
-    """
-    return Add()(x0, x1)
+def _as_input(func, x):
+    """``Function`` の入力を ``Variable`` に揃えます。変換できない型なら、関数名と型を挙げて知らせます。"""
+    if isinstance(x, Variable):
+        return x
+    if isinstance(x, (*cuda.array_types, np.generic, int, float)) and not isinstance(x, bool):
+        return Variable(as_array(x))
+    raise TypeError(
+        f"{type(func).__name__} には Variable か ndarray を渡してください"
+        f"（受け取った型: {type(x).__name__}）"
+    )
 
 
 def as_array(x):
@@ -246,3 +329,318 @@ def as_array(x):
     if np.isscalar(x):
         return np.array(x)
     return x
+
+
+def as_variable(obj):
+    """``Variable`` はそのまま、配列や数値は ``Variable`` に包んで返します。
+
+    Args:
+        obj: ``Variable``、配列、または数値。
+
+    Returns:
+        Variable: ``obj`` を中身とする変数（``obj`` が ``Variable`` ならそのもの）。
+    """
+    if isinstance(obj, Variable):
+        return obj
+    return Variable(as_array(obj))
+
+
+def as_operands(x0, x1):
+    """2 項演算の入力を ``Variable`` に揃えます。
+
+    Python の数値は、相手の dtype に合わせた配列にします。``x * 2.0`` で ``x`` が
+    float32 なら、``2.0`` も float32 になり、結果が float64 に変わりません
+    （NumPy 2 の規則で、0 次元の float64 配列を混ぜると結果は float64 になるためです）。
+
+    Args:
+        x0: 左の入力（``Variable``、配列、または数値）。
+        x1: 右の入力（同上）。
+
+    Returns:
+        tuple[Variable, Variable]: 揃えた 2 つの入力。
+
+    Raises:
+        ValueError: 2 つの shape がブロードキャストできないとき。
+    """
+    if _is_python_number(x0) and isinstance(x1, Variable):
+        x0 = _scalar_like(x0, x1)
+    elif _is_python_number(x1) and isinstance(x0, Variable):
+        x1 = _scalar_like(x1, x0)
+    x0, x1 = as_variable(x0), as_variable(x1)
+    if x0.shape != x1.shape:
+        try:
+            np.broadcast_shapes(x0.shape, x1.shape)
+        except ValueError:
+            raise ValueError(
+                f"shape {x0.shape} と {x1.shape} はブロードキャストできません"
+                f"（後ろの軸から比べて、長さが同じか、どちらかが 1 である必要があります）"
+            ) from None
+    return x0, x1
+
+
+def _is_python_number(c):
+    return isinstance(c, (int, float)) and not isinstance(c, (bool, np.generic))
+
+
+def _scalar_like(c, x):
+    """Python の数値 ``c`` を、変数 ``x`` と同じ配列モジュール・NumPy の規則どおりの dtype の 0 次元配列にします。"""
+    xp = cuda.get_array_module(x.data)
+    return xp.asarray(c, dtype=np.result_type(x.dtype, c))
+
+
+# --- 形を合わせる関数（ブロードキャストの逆伝播に使います） ---------------------------------
+
+def sum_to_array(x, shape):
+    """配列 ``x`` の要素を足し合わせて、``shape`` にします（ブロードキャストの逆）。
+
+    Args:
+        x: 配列。
+        shape (tuple): 結果の shape。``x`` の shape にブロードキャストできる形。
+
+    Returns:
+        ndarray: shape が ``shape`` の配列。
+    """
+    lead = x.ndim - len(shape)  # 前に足された軸の数
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+    y = x.sum(axis=axes, keepdims=True) if axes else x
+    if lead > 0:
+        y = y.reshape(shape)  # (1, ..., 1, *shape) -> shape
+    return y
+
+
+class BroadcastTo(Function):
+    """配列を ``shape`` にブロードキャストします。逆伝播は ``sum_to`` です。"""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        xp = cuda.get_array_module(x)
+        return xp.broadcast_to(x, self.shape)
+
+    def backward(self, gy):
+        return sum_to(gy, self.inputs[0].shape)
+
+
+class SumTo(Function):
+    """要素を足し合わせて ``shape`` にします。逆伝播は ``broadcast_to`` です。"""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        return sum_to_array(x, self.shape)
+
+    def backward(self, gy):
+        return broadcast_to(gy, self.inputs[0].shape)
+
+
+def broadcast_to(x, shape):
+    """``x`` を ``shape`` にブロードキャストします（shape が同じなら ``x`` をそのまま返します）。"""
+    if x.shape == tuple(shape):
+        return as_variable(x)
+    return BroadcastTo(shape)(x)
+
+
+def sum_to(x, shape):
+    """``x`` の要素を足し合わせて ``shape`` にします（shape が同じなら ``x`` をそのまま返します）。"""
+    if x.shape == tuple(shape):
+        return as_variable(x)
+    return SumTo(shape)(x)
+
+
+# --- 四則演算 ------------------------------------------------------------------------------
+
+class Add(Function):
+    r"""足し算 :math:`y = x_0 + x_1`。どちらの入力についての微分も 1 です。
+
+    shape が違えばブロードキャストし、逆伝播では勾配を ``sum_to`` で入力の shape に戻します。
+    """
+
+    def forward(self, x0, x1):
+        y = x0 + x1
+        return y
+
+    def backward(self, gy):
+        x0, x1 = self.inputs
+        return sum_to(gy, x0.shape), sum_to(gy, x1.shape)
+
+
+class Mul(Function):
+    r"""掛け算 :math:`y = x_0 x_1`。微分は :math:`\frac{\partial y}{\partial x_0} = x_1,\ \frac{\partial y}{\partial x_1} = x_0` です。"""
+
+    def forward(self, x0, x1):
+        y = x0 * x1
+        return y
+
+    def backward(self, gy):
+        x0, x1 = self.inputs
+        return sum_to(gy * x1, x0.shape), sum_to(gy * x0, x1.shape)
+
+
+class Neg(Function):
+    r"""符号の反転 :math:`y = -x`。微分は :math:`-1` です。"""
+
+    def forward(self, x):
+        return -x
+
+    def backward(self, gy):
+        return -gy
+
+
+class Sub(Function):
+    r"""引き算 :math:`y = x_0 - x_1`。微分は :math:`1` と :math:`-1` です。"""
+
+    def forward(self, x0, x1):
+        y = x0 - x1
+        return y
+
+    def backward(self, gy):
+        x0, x1 = self.inputs
+        return sum_to(gy, x0.shape), sum_to(-gy, x1.shape)
+
+
+class Div(Function):
+    r"""割り算 :math:`y = x_0 / x_1`。微分は :math:`\frac{1}{x_1}` と :math:`-\frac{x_0}{x_1^2}` です。"""
+
+    def forward(self, x0, x1):
+        y = x0 / x1
+        return y
+
+    def backward(self, gy):
+        x0, x1 = self.inputs
+        gx0 = gy / x1
+        gx1 = gy * (-x0 / x1 ** 2)
+        return sum_to(gx0, x0.shape), sum_to(gx1, x1.shape)
+
+
+class Pow(Function):
+    r"""累乗 :math:`y = x^c`（:math:`c` は定数）。微分は :math:`c x^{c-1}` です。"""
+
+    def __init__(self, c):
+        self.c = c
+
+    def forward(self, x):
+        y = x ** self.c
+        return y
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        c = self.c
+        gx = c * x ** (c - 1) * gy
+        return gx
+
+
+def neg(x):
+    """``-x`` を計算します。"""
+    return Neg()(x)
+
+
+def add(x0, x1):
+    """``x0 + x1`` を計算します（どちらかが配列や数値でも構いません。shape はブロードキャストします）。
+
+    Args:
+        x0: 1 つ目の入力（``Variable``、配列、または数値）。
+        x1: 2 つ目の入力（同上）。
+
+    Returns:
+        Variable: ``x0 + x1``。
+    """
+    x0, x1 = as_operands(x0, x1)
+    return Add()(x0, x1)
+
+
+def sub(x0, x1):
+    """``x0 - x1`` を計算します（``add`` と同じく、配列・数値・ブロードキャストに対応します）。"""
+    x0, x1 = as_operands(x0, x1)
+    return Sub()(x0, x1)
+
+
+def mul(x0, x1):
+    """``x0 * x1`` を計算します（``add`` と同じく、配列・数値・ブロードキャストに対応します）。"""
+    x0, x1 = as_operands(x0, x1)
+    return Mul()(x0, x1)
+
+
+def div(x0, x1):
+    """``x0 / x1`` を計算します（``add`` と同じく、配列・数値・ブロードキャストに対応します）。"""
+    x0, x1 = as_operands(x0, x1)
+    return Div()(x0, x1)
+
+
+def pow(x, c):
+    """``x ** c`` を計算します。
+
+    Args:
+        x (Variable): 底。
+        c (int | float): 指数（定数）。
+
+    Raises:
+        TypeError: ``c`` が Python の数値でないとき（``Variable`` の指数には対応していません）。
+    """
+    if not isinstance(c, (int, float)) or isinstance(c, bool):
+        raise TypeError(f"** の指数には Python の数値を渡してください（受け取った型: {type(c).__name__}）")
+    return Pow(c)(x)
+
+
+# --- 行列積と転置 --------------------------------------------------------------------------
+
+class Transpose(Function):
+    """転置: 軸の順番をすべて逆にします（2 次元なら行と列の入れ替え）。逆伝播も転置です。"""
+
+    def forward(self, x):
+        xp = cuda.get_array_module(x)
+        return xp.transpose(x)
+
+    def backward(self, gy):
+        return transpose(gy)
+
+
+class MatMul(Function):
+    r"""行列積 :math:`Y = X W`。
+
+    勾配は :math:`\frac{\partial L}{\partial X} = G W^\top,\ \frac{\partial L}{\partial W} = X^\top G`
+    （:math:`G = \frac{\partial L}{\partial Y}`）です。
+
+    Shape:
+        X: (N, D)、W: (D, H) -> Y: (N, H)
+    """
+
+    def forward(self, x, W):
+        y = x @ W
+        return y
+
+    def backward(self, gy):
+        x, W = self.inputs
+        gx = matmul(gy, W.T)  # (N, H) @ (H, D) -> (N, D)
+        gW = matmul(x.T, gy)  # (D, N) @ (N, H) -> (D, H)
+        return gx, gW
+
+
+def transpose(x):
+    """``x`` の転置を返します。"""
+    return Transpose()(x)
+
+
+def matmul(x, W):
+    """行列積 ``x @ W`` を計算します（2 次元の配列どうし）。
+
+    Args:
+        x: shape (N, D) の ``Variable`` または配列。
+        W: shape (D, H) の ``Variable`` または配列。
+
+    Returns:
+        Variable: shape (N, H) の行列積。
+
+    Raises:
+        ValueError: どちらかが 2 次元でないとき、または ``x`` の列数と ``W`` の行数が違うとき。
+    """
+    x, W = as_variable(x), as_variable(W)
+    if x.ndim != 2 or W.ndim != 2:
+        raise ValueError(f"matmul は 2 次元の配列どうしの積です（受け取った shape: {x.shape} と {W.shape}）")
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"matmul の shape が合いません: {x.shape} @ {W.shape}"
+            f"（左の列数 {x.shape[1]} と右の行数 {W.shape[0]} が同じである必要があります）"
+        )
+    return MatMul()(x, W)

@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from mini_dl import Add, Exp, Function, Square, Variable, add, cuda, exp, numerical_diff, square
+from mini_dl import Function, Variable, add, cuda, numerical_diff
+from mini_dl.core import Add
+from mini_dl.functions import Exp, Square, exp, square
 
 
 def test_creator_links_and_generations():
@@ -14,7 +16,7 @@ def test_creator_links_and_generations():
     assert isinstance(a.creator, Square) and a.generation == 1
     assert isinstance(b.creator, Exp) and b.generation == 2
     assert isinstance(y.creator, Add) and y.creator.generation == 2 and y.generation == 3
-    assert y.creator.inputs == (b, a)
+    assert y.creator.inputs == [b, a]
 
 
 def test_backward_of_a_chain_matches_the_formula(xp):
@@ -23,27 +25,27 @@ def test_backward_of_a_chain_matches_the_formula(xp):
     y = square(exp(square(x)))
     y.backward()
     assert x.grad.dtype == xp.float32
-    np.testing.assert_allclose(cuda.as_numpy(x.grad), 4 * 0.5 * np.exp(0.5), rtol=1e-6)
+    np.testing.assert_allclose(cuda.as_numpy(x.grad.data), 4 * 0.5 * np.exp(0.5), rtol=1e-6)
 
 
 def test_seed_gradient_is_one_with_the_same_dtype():
     y = Variable(np.array(2.0, dtype=np.float32))
     y.backward()
-    assert y.grad == 1.0 and y.grad.dtype == np.float32
+    assert y.grad.data == 1.0 and y.grad.dtype == np.float32
 
 
 def test_reused_variable_accumulates_gradient():
     x = Variable(np.array(3.0))
     y = add(x, x)
     y.backward()
-    assert x.grad == 2.0
+    assert x.grad.data == 2.0
     y = add(add(x, x), x)  # grad を消さずに続けると、前の勾配に足されてしまう
     y.backward()
-    assert x.grad == 5.0
+    assert x.grad.data == 5.0
     x.cleargrad()
     y = add(add(x, x), x)
     y.backward()
-    assert x.grad == 3.0
+    assert x.grad.data == 3.0
 
 
 def test_diamond_graph_calls_each_function_once_in_generation_order():
@@ -64,7 +66,7 @@ def test_diamond_graph_calls_each_function_once_in_generation_order():
     y = add(rec("b", a), rec("c", a))  # y = 2 x^4
     y.backward()
     assert sorted(calls[:2]) == ["b", "c"] and calls[2] == "a" and len(calls) == 3
-    assert x.grad == 8 * 2.0 ** 3
+    assert x.grad.data == 8 * 2.0 ** 3
 
 
 def test_priority_queue_handles_deep_unbalanced_graphs():
@@ -77,7 +79,7 @@ def test_priority_queue_handles_deep_unbalanced_graphs():
     y = add(long, exp(a))
     y.backward()
     expected = numerical_diff(lambda v: v ** 2 + np.exp(v ** 2), 0.3)
-    np.testing.assert_allclose(x.grad, expected, rtol=1e-7)
+    np.testing.assert_allclose(x.grad.data, expected, rtol=1e-7)
 
 
 def test_complex_graph_matches_numerical_difference():
@@ -93,18 +95,13 @@ def test_complex_graph_matches_numerical_difference():
     y.grad = np.ones_like(y.data)  # 要素が 3 個なので、出発点の勾配を自分で入れる
     y.backward()
     numeric = numerical_diff(lambda v: f(Variable(v)).data, x0)
-    np.testing.assert_allclose(x.grad, numeric, rtol=1e-6, err_msg="複雑なグラフの逆伝播")
+    np.testing.assert_allclose(x.grad.data, numeric, rtol=1e-6, err_msg="複雑なグラフの逆伝播")
 
 
 def test_backward_on_non_scalar_without_seed_is_rejected_in_japanese():
     y = square(Variable(np.ones((2, 3))))
     with pytest.raises(ValueError, match=r"要素が 1 個の変数だけです（この変数の shape: \(2, 3\)）"):
         y.backward()
-
-
-def test_add_requires_the_same_shape():
-    with pytest.raises(ValueError, match=r"同じ shape にしてください（受け取った shape: \(3,\) と \(\)）"):
-        add(Variable(np.ones(3)), Variable(np.array(1.0)))
 
 
 def test_add_forward_and_backward(xp):
@@ -118,7 +115,7 @@ def test_add_forward_and_backward(xp):
     y.backward()
     for x in (x0, x1):
         assert x.grad.dtype == xp.float32
-        np.testing.assert_array_equal(cuda.as_numpy(x.grad), np.full((2, 3), 2.0))
+        np.testing.assert_array_equal(cuda.as_numpy(x.grad.data), np.full((2, 3), 2.0))
 
 
 class Split(Function):
@@ -136,11 +133,11 @@ def test_multiple_outputs_and_unused_output_gets_zero_gradient():
     p, q = Split()(x)
     y = add(p, q)  # 2x + x^2
     y.backward()
-    assert x.grad == 2 + 2 * 3.0
+    assert x.grad.data == 2 + 2 * 3.0
     x.cleargrad()
     p, q = Split()(x)
     p.backward()  # q は使われないので、q からの勾配は 0
-    assert x.grad == 2.0
+    assert x.grad.data == 2.0
 
 
 def test_backward_must_return_one_gradient_per_input():
@@ -155,8 +152,3 @@ def test_backward_must_return_one_gradient_per_input():
     y = Bad()(x, Variable(np.array(2.0)))
     with pytest.raises(ValueError, match="Bad.backward は入力の数（2 個）だけ勾配を返します"):
         y.backward()
-
-
-def test_function_rejects_non_variable_among_many_inputs():
-    with pytest.raises(TypeError, match="Add には Variable を渡してください（受け取った型: float）"):
-        Add()(Variable(np.array(1.0)), 2.0)
