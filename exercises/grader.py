@@ -13,6 +13,7 @@
 """
 import ast
 import json
+import linecache
 import os
 import pathlib
 import re
@@ -88,13 +89,16 @@ def load_notebook(path):
     """
     namespace = {"__name__": "__exercise__"}
     errors = {}
-    for source, tags in notebook_cells(path):
+    for i, (source, tags) in enumerate(notebook_cells(path), start=1):
         if SKIP_TAG in tags or not source.strip():
             continue
         lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("!", "%"))]
         code = "\n".join(lines)
+        # エラーの場所に、ノートブックの JSON ではなくセルの行が出るように、セルごとの名前で登録する
+        filename = f"<{pathlib.Path(path).name} のコードセル {i}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
         try:
-            exec(compile(code, str(path), "exec"), namespace)
+            exec(compile(code, filename, "exec"), namespace)
         except Exception as exc:  # 読者のコードは何を投げるか分からない
             message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             for name in _defined_names(code):
@@ -160,9 +164,10 @@ class Exercise:
         except Exception as exc:
             frames = traceback.extract_tb(exc.__traceback__)
             # 読者のセル（ノートブック）の中でいちばん深い場所を示します
+            cells = [f for f in frames[1:] if f.filename.startswith("<") or "ipykernel" in f.filename]
             mine = [f for f in frames[1:]
                     if "site-packages" not in f.filename and not f.filename.startswith(sys.base_prefix)]
-            where = (mine or frames)[-1]
+            where = (cells or mine or frames)[-1]
             raise ExerciseFailure(
                 f"{self._header()}: 実行中に例外が起きました。\n"
                 f"  {type(exc).__name__}: {exc}\n"
