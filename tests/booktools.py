@@ -103,7 +103,7 @@ def set_setup_cell(path, kind):
         first["metadata"]["tags"] = tags
     else:
         nb["cells"].insert(0, {
-            "cell_type": "code", "execution_count": None, "metadata": {"tags": tags},
+            "cell_type": "code", "execution_count": None, "id": "colab-setup", "metadata": {"tags": tags},
             "outputs": [], "source": source,
         })
     write_nb(path, nb)
