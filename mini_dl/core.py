@@ -306,7 +306,7 @@ def _as_input(func, x):
     if isinstance(x, Variable):
         return x
     if isinstance(x, (*cuda.array_types, np.generic, int, float)) and not isinstance(x, bool):
-        return Variable(as_array(x))
+        return Variable(x)  # Python の数は float32 の 0 次元配列になる
     raise TypeError(
         f"{type(func).__name__} には Variable か ndarray を渡してください"
         f"（受け取った型: {type(x).__name__}）"
@@ -334,6 +334,8 @@ def as_array(x):
 def as_variable(obj):
     """``Variable`` はそのまま、配列や数値は ``Variable`` に包んで返します。
 
+    Python の数は、``Variable`` と同じ規則で float32 の 0 次元配列になります。
+
     Args:
         obj: ``Variable``、配列、または数値。
 
@@ -342,7 +344,7 @@ def as_variable(obj):
     """
     if isinstance(obj, Variable):
         return obj
-    return Variable(as_array(obj))
+    return Variable(obj)
 
 
 def as_operands(x0, x1):
