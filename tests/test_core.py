@@ -228,3 +228,9 @@ def test_backward_returning_a_wrong_shape_is_rejected():
 
 def test_exp_class_is_the_one_from_functions():
     assert isinstance(exp(Variable(np.array(0.0))).creator, Exp)
+
+
+def test_python_numbers_passed_to_functions_become_float32():
+    assert exp(2.0).dtype == np.float32
+    assert mini_dl.add(2.0, 3).dtype == np.float32
+    assert as_variable(1.5).dtype == np.float32
