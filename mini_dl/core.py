@@ -350,9 +350,9 @@ def as_variable(obj):
 def as_operands(x0, x1):
     """2 項演算の入力を ``Variable`` に揃えます。
 
-    Python の数値は、相手の dtype に合わせた配列にします。``x * 2.0`` で ``x`` が
-    float32 なら、``2.0`` も float32 になり、結果が float64 に変わりません
-    （NumPy 2 の規則で、0 次元の float64 配列を混ぜると結果は float64 になるためです）。
+    Python の数値は、相手と同じ配列モジュール（NumPy か CuPy）の、NumPy の規則どおりの dtype の
+    配列にします。``x * 2.0`` は、``x`` が float16 なら float16、float32 なら float32 のままです
+    （NumPy 2 の規則では、0 次元でも配列にした数値は型を持つ値として扱われ、相手を昇格させるためです）。
 
     Args:
         x0: 左の入力（``Variable``、配列、または数値）。
