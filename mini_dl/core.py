@@ -76,11 +76,13 @@ class Variable:
     __array_priority__ = 200
 
     def __init__(self, data, name=None):
-        if isinstance(data, np.generic):
+        if isinstance(data, cuda.array_types) or data is None:
+            pass  # 配列はそのまま入れる（いちばんよくある場合なので、最初に調べる）
+        elif isinstance(data, np.generic):
             data = np.asarray(data)
         elif isinstance(data, (int, float)) and not isinstance(data, bool):
             data = np.array(data, dtype=np.float32)
-        elif data is not None and not isinstance(data, cuda.array_types):
+        else:
             raise TypeError(
                 f"Variable の data には ndarray か数値を渡してください"
                 f"（受け取った型: {type(data).__name__}）"
@@ -115,6 +117,27 @@ class Variable:
     def T(self):
         """転置（軸の順番をすべて逆にしたもの）です。"""
         return transpose(self)
+
+    def reshape(self, *shape):
+        """shape を変えた変数を返します（``x.reshape(2, 3)`` と ``x.reshape((2, 3))`` のどちらでも）。"""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        return reshape(self, shape)
+
+    def transpose(self, *axes):
+        """軸を並べ替えた変数を返します（引数なしなら順番をすべて逆に）。"""
+        if len(axes) == 0:
+            axes = None
+        elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = axes[0]
+        return transpose(self, axes)
+
+    def sum(self, axis=None, keepdims=False):
+        """要素の和を返します。"""
+        return sum(self, axis, keepdims)
+
+    def __getitem__(self, slices):
+        return get_item(self, slices)
 
     def __len__(self):
         return len(self.data)
@@ -217,12 +240,12 @@ class Variable:
 
         if self.creator is not None:
             add_func(self.creator)
-        while funcs:
-            _, _, f = heapq.heappop(funcs)
-            outputs = [ref() for ref in f.outputs]  # 弱参照から出力を取り出す（消えていれば None）
-            gys = [_output_grad(f, i, y) for i, y in enumerate(outputs)]
-
-            with using_config("enable_backprop", create_graph):
+        # 逆伝播の計算そのものを計算グラフに記録するのは、create_graph=True のときだけ
+        with using_config("enable_backprop", create_graph):
+            while funcs:
+                _, _, f = heapq.heappop(funcs)
+                outputs = [ref() for ref in f.outputs]  # 弱参照から出力を取り出す（消えていれば None）
+                gys = [_output_grad(f, i, y) for i, y in enumerate(outputs)]
                 gxs = f.backward(*gys)
                 if not isinstance(gxs, tuple):
                     gxs = (gxs,)
@@ -232,6 +255,8 @@ class Variable:
                         f"（返ってきた数: {len(gxs)} 個）"
                     )
                 for x, gx in zip(f.inputs, gxs):
+                    if gx is None:
+                        continue  # 微分しない入力（正解ラベルなど）の勾配は None
                     if not isinstance(gx, Variable):
                         gx = Variable(as_array(gx))
                     if gx.shape != x.shape:
@@ -246,17 +271,27 @@ class Variable:
                     if x.creator is not None:
                         add_func(x.creator)
 
-            if not retain_grad:
-                for y in outputs:
-                    if y is not None:
-                        y.grad = None  # 途中の変数の勾配は使い終わったので消す
+                if not retain_grad:
+                    for y in outputs:
+                        if y is not None:
+                            y.grad = None  # 途中の変数の勾配は使い終わったので消す
+
+
+class Parameter(Variable):
+    """学習で更新する変数（重みやバイアス）です。
+
+    中身は ``Variable`` と同じです。型で区別できるので、``Layer`` は属性のうち
+    ``Parameter`` のものだけを「パラメータ」として集めます。
+    """
 
 
 def _output_grad(f, i, y):
     """関数 ``f`` の ``i`` 番目の出力 ``y`` の勾配。使われなかった出力からは 0 が流れてきたとみなします。"""
-    if y is not None and y.grad is not None:
-        return y.grad
-    shape, dtype = f.output_specs[i]
+    if y is not None:
+        if y.grad is not None:
+            return y.grad
+        return Variable(cuda.get_array_module(y.data).zeros_like(y.data))
+    shape, dtype = f.output_specs[i]  # 出力が消えている（出力が複数の関数でだけ起こります）
     xp = cuda.get_array_module(f.inputs[0].data)
     return Variable(xp.zeros(shape, dtype=dtype))
 
@@ -275,21 +310,21 @@ class Function:
     """
 
     def __call__(self, *inputs):
-        inputs = [_as_input(self, x) for x in inputs]
-        xs = [x.data for x in inputs]
-        ys = self.forward(*xs)
+        inputs = [x if isinstance(x, Variable) else _as_input(self, x) for x in inputs]
+        ys = self.forward(*[x.data for x in inputs])
         if not isinstance(ys, tuple):
             ys = (ys,)
-        outputs = [Variable(as_array(y)) for y in ys]
+        outputs = [Variable(y) for y in ys]  # NumPy のスカラーは、Variable が同じ dtype の 0 次元配列にする
 
         if Config.enable_backprop:
-            self.generation = max(x.generation for x in inputs)
+            self.generation = max([x.generation for x in inputs])
             for output in outputs:
                 output.set_creator(self)
             self.inputs = inputs
             self.outputs = [weakref.ref(output) for output in outputs]
-            # 出力が消えても勾配 0 を作れるように、shape と dtype を覚えておく
-            self.output_specs = [(y.shape, y.dtype) for y in outputs]
+            if len(outputs) > 1:
+                # 出力が複数なら、使われずに消えた出力にも勾配 0 を作れるように、shape と dtype を覚えておく
+                self.output_specs = [(y.shape, y.dtype) for y in outputs]
         return outputs if len(outputs) > 1 else outputs[0]
 
     def forward(self, *xs):
@@ -324,11 +359,11 @@ def as_array(x):
         x: 配列かスカラー。
 
     Returns:
-        ndarray: ``x`` がスカラーなら同じ dtype の 0 次元配列、配列ならそのもの。
+        ndarray: ``x`` が配列ならそのもの、スカラーなら同じ dtype の 0 次元配列。
     """
-    if np.isscalar(x):
-        return np.array(x)
-    return x
+    if isinstance(x, cuda.array_types):
+        return x
+    return np.array(x)
 
 
 def as_variable(obj):
@@ -364,12 +399,11 @@ def as_operands(x0, x1):
     Raises:
         ValueError: 2 つの shape がブロードキャストできないとき。
     """
-    if _is_python_number(x0) and isinstance(x1, Variable):
-        x0 = _scalar_like(x0, x1)
-    elif _is_python_number(x1) and isinstance(x0, Variable):
-        x1 = _scalar_like(x1, x0)
-    x0, x1 = as_variable(x0), as_variable(x1)
-    if x0.shape != x1.shape:
+    if not isinstance(x1, Variable):  # よくある「Variable と Variable」は、ここを飛ばす
+        x1 = Variable(_scalar_like(x1, x0)) if _is_python_number(x1) and isinstance(x0, Variable) else as_variable(x1)
+    if not isinstance(x0, Variable):
+        x0 = Variable(_scalar_like(x0, x1)) if _is_python_number(x0) else as_variable(x0)
+    if x0.data.shape != x1.data.shape:
         try:
             np.broadcast_shapes(x0.shape, x1.shape)
         except ValueError:
@@ -585,27 +619,107 @@ def pow(x, c):
     return Pow(c)(x)
 
 
-# --- 行列積と転置 --------------------------------------------------------------------------
+# --- テンソルの形を変える関数と行列積（第8章） -------------------------------------------
+
+class Reshape(Function):
+    """要素の並びはそのままに、shape だけを変えます。逆伝播は元の shape に戻すだけです。"""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def forward(self, x):
+        return x.reshape(self.shape)
+
+    def backward(self, gy):
+        return reshape(gy, self.inputs[0].shape)
+
 
 class Transpose(Function):
-    """転置: 軸の順番をすべて逆にします（2 次元なら行と列の入れ替え）。逆伝播も転置です。"""
+    """軸を並べ替えます（``axes`` が ``None`` なら順番をすべて逆に）。逆伝播は逆の並べ替えです。"""
+
+    def __init__(self, axes=None):
+        self.axes = axes
 
     def forward(self, x):
         xp = cuda.get_array_module(x)
-        return xp.transpose(x)
+        return xp.transpose(x, self.axes)
 
     def backward(self, gy):
-        return transpose(gy)
+        if self.axes is None:
+            return transpose(gy)
+        inverse = tuple(int(i) for i in np.argsort([a % gy.ndim for a in self.axes]))
+        return transpose(gy, inverse)
+
+
+class Sum(Function):
+    """要素の和（``axis`` で軸を選べます）。逆伝播は、勾配を元の shape にブロードキャストします。"""
+
+    def __init__(self, axis=None, keepdims=False):
+        self.axis = axis
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        return x.sum(axis=self.axis, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        gy = reshape(gy, _keepdims_shape(x.shape, self.axis, self.keepdims, gy.shape))
+        return broadcast_to(gy, x.shape)
+
+
+def _keepdims_shape(x_shape, axis, keepdims, y_shape):
+    """``sum(axis)`` で消えた軸を長さ 1 で戻した shape（ブロードキャストで元の shape に広げられる形）。"""
+    if keepdims or axis is None and len(y_shape) == len(x_shape):
+        return y_shape
+    axes = range(len(x_shape)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    axes = {a % len(x_shape) for a in axes}
+    return tuple(1 if i in axes else n for i, n in enumerate(x_shape))
+
+
+class GetItem(Function):
+    """添字で要素を取り出します（``x[1]``、``x[:, 0]``、``x[[0, 0, 2]]`` など）。
+
+    逆伝播では、取り出した場所に勾配を戻します。同じ要素を何回も取り出したときは、
+    その回数分の勾配を足し合わせます（``GetItemGrad``）。
+    """
+
+    def __init__(self, slices):
+        self.slices = slices
+
+    def forward(self, x):
+        return x[self.slices]
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return GetItemGrad(self.slices, x.shape)(gy)
+
+
+class GetItemGrad(Function):
+    """``GetItem`` の逆伝播: 形 ``in_shape`` の 0 の配列の ``slices`` の場所に、勾配を足し込みます。"""
+
+    def __init__(self, slices, in_shape):
+        self.slices = slices
+        self.in_shape = in_shape
+
+    def forward(self, gy):
+        xp = cuda.get_array_module(gy)
+        gx = xp.zeros(self.in_shape, dtype=gy.dtype)
+        cuda.scatter_add(gx, self.slices, gy)  # 同じ添字が何回出てきても、その分だけ足す
+        return gx
+
+    def backward(self, ggx):
+        return get_item(ggx, self.slices)
 
 
 class MatMul(Function):
-    r"""行列積 :math:`Y = X W`。
+    r"""行列積 :math:`Y = X W`（NumPy の ``@`` と同じ規則: 1 次元や、前の軸がバッチの配列も扱います）。
 
     勾配は :math:`\frac{\partial L}{\partial X} = G W^\top,\ \frac{\partial L}{\partial W} = X^\top G`
-    （:math:`G = \frac{\partial L}{\partial Y}`）です。
+    （:math:`G = \frac{\partial L}{\partial Y}`）です。バッチの軸がブロードキャストされたときは、
+    ``sum_to`` で入力の shape に戻します。
 
     Shape:
-        X: (N, D)、W: (D, H) -> Y: (N, H)
+        X: (..., N, D)、W: (..., D, H) -> Y: (..., N, H)。1 次元の X は (1, D)、W は (D, 1) とみなします。
     """
 
     def forward(self, x, W):
@@ -614,35 +728,63 @@ class MatMul(Function):
 
     def backward(self, gy):
         x, W = self.inputs
-        gx = matmul(gy, W.T)  # (N, H) @ (H, D) -> (N, D)
-        gW = matmul(x.T, gy)  # (D, N) @ (N, H) -> (D, H)
-        return gx, gW
+        x2 = x if x.ndim > 1 else reshape(x, (1, -1))  # (D,) -> (1, D)
+        W2 = W if W.ndim > 1 else reshape(W, (-1, 1))  # (D,) -> (D, 1)
+        batch = np.broadcast_shapes(x2.shape[:-2], W2.shape[:-2])
+        g = reshape(gy, batch + (x2.shape[-2], W2.shape[-1]))  # (..., N, H)
+        gx = sum_to(matmul(g, _swap_last(W2)), x2.shape)  # (..., N, H) @ (..., H, D) -> (..., N, D)
+        gW = sum_to(matmul(_swap_last(x2), g), W2.shape)  # (..., D, N) @ (..., N, H) -> (..., D, H)
+        return reshape(gx, x.shape), reshape(gW, W.shape)
 
 
-def transpose(x):
-    """``x`` の転置を返します。"""
-    return Transpose()(x)
+def _swap_last(x):
+    """最後の 2 つの軸を入れ替えます（バッチの行列それぞれの転置）。"""
+    axes = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
+    return transpose(x, axes)
+
+
+def reshape(x, shape):
+    """``x`` の shape を ``shape`` に変えます（``-1`` は残りの要素数から決まります）。"""
+    if x.shape == tuple(shape):
+        return as_variable(x)
+    return Reshape(tuple(shape))(x)
+
+
+def transpose(x, axes=None):
+    """``x`` の軸を ``axes`` の順に並べ替えます（``None`` なら順番をすべて逆に）。"""
+    return Transpose(None if axes is None else tuple(axes))(x)
+
+
+def sum(x, axis=None, keepdims=False):
+    """``x`` の要素の和を計算します（``axis`` は int か int のタプル）。"""
+    return Sum(axis, keepdims)(x)
+
+
+def get_item(x, slices):
+    """``x[slices]`` を取り出します（勾配は取り出した場所に戻ります）。"""
+    return GetItem(slices)(x)
 
 
 def matmul(x, W):
-    """行列積 ``x @ W`` を計算します（2 次元の配列どうし）。
+    """行列積 ``x @ W`` を計算します（NumPy の ``@`` と同じ shape の規則）。
 
     Args:
-        x: shape (N, D) の ``Variable`` または配列。
-        W: shape (D, H) の ``Variable`` または配列。
+        x: shape (..., N, D) または (D,) の ``Variable`` または配列。
+        W: shape (..., D, H) または (D,) の ``Variable`` または配列。
 
     Returns:
-        Variable: shape (N, H) の行列積。
+        Variable: 行列積。2 次元どうしなら shape (N, H)。
 
     Raises:
-        ValueError: どちらかが 2 次元でないとき、または ``x`` の列数と ``W`` の行数が違うとき。
+        ValueError: 0 次元の入力や、``x`` の最後の軸と ``W`` の行の長さが違うとき。
     """
     x, W = as_variable(x), as_variable(W)
-    if x.ndim != 2 or W.ndim != 2:
-        raise ValueError(f"matmul は 2 次元の配列どうしの積です（受け取った shape: {x.shape} と {W.shape}）")
-    if x.shape[1] != W.shape[0]:
+    if x.ndim == 0 or W.ndim == 0:
+        raise ValueError(f"matmul に 0 次元の配列は使えません（受け取った shape: {x.shape} と {W.shape}）")
+    d_w = W.shape[0] if W.ndim == 1 else W.shape[-2]
+    if x.shape[-1] != d_w:
         raise ValueError(
             f"matmul の shape が合いません: {x.shape} @ {W.shape}"
-            f"（左の列数 {x.shape[1]} と右の行数 {W.shape[0]} が同じである必要があります）"
+            f"（左の最後の軸の長さ {x.shape[-1]} と右の行数 {d_w} が同じである必要があります）"
         )
     return MatMul()(x, W)

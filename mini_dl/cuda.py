@@ -84,3 +84,22 @@ def as_cupy(x):
             "GPU のあるマシンで `pip install -e \".[gpu]\"` を実行してください。"
         )
     return cupy.asarray(x)
+
+
+def scatter_add(a, slices, values):
+    """``a[slices] += values`` を、同じ添字が何回出てきても正しく足し込みます（``a`` を書き換えます）。
+
+    NumPy の ``a[idx] += v`` は、``idx`` に同じ添字が重なると 1 回分しか足しません。
+    CPU では ``numpy.add.at``、GPU では ``cupyx.scatter_add`` を使います。
+
+    Args:
+        a: 足し込まれる配列（NumPy か CuPy）。
+        slices: 添字（整数・スライス・整数配列・それらのタプル）。
+        values: 足す値（``a[slices]`` にブロードキャストできる shape）。
+    """
+    if isinstance(a, np.ndarray):
+        np.add.at(a, slices, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(a, slices, values)

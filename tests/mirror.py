@@ -113,12 +113,16 @@ def book_index():
     return by_name
 
 
-def check(pkg, by_name):
-    """パッケージの定義 ``pkg`` 1 つについて、食い違いの説明（日本語）のリストを返します。"""
+def check(pkg, by_name, siblings=()):
+    """パッケージの定義 ``pkg`` 1 つについて、食い違いの説明（日本語）のリストを返します。
+
+    ``siblings`` は、別のモジュールにある同じ名前の定義のソース（``functions.Linear`` と
+    ``layers.Linear`` など）。それと同じセルは、ずれとはみなしません。
+    """
     found = []
     shown = by_name.get(pkg.name, [])
     exact = [d for d in shown if d.source == pkg.source]
-    drifted = [d for d in shown if d.source != pkg.source and not d.draft]
+    drifted = [d for d in shown if d.source != pkg.source and d.source not in siblings and not d.draft]
     for d in drifted:
         found.append(
             f"{pkg.name}（{pkg.where}）が {d.chapter}（{d.where}）の定義と食い違っています。"
@@ -141,7 +145,9 @@ def check(pkg, by_name):
 def problems():
     """すべての食い違いの説明のリスト。空なら本とパッケージは一致しています。"""
     by_name = book_index()
-    return [text for pkg in package_definitions() for text in check(pkg, by_name)]
+    package = package_definitions()
+    return [text for pkg in package
+            for text in check(pkg, by_name, {d.source for d in package if d.name == pkg.name and d is not pkg})]
 
 
 def sync():
@@ -149,7 +155,10 @@ def sync():
 
     書き換えたノートブックのパスのリストを返します（実行し直して保存するのは書き手の仕事です）。
     """
-    package = {d.name: d.source for d in package_definitions()}
+    defs = package_definitions()
+    names = [d.name for d in defs]
+    # 同じ名前が 2 つのモジュールにあるもの（functions.Linear と layers.Linear など）は、どちらか決められないので書き換えない
+    package = {d.name: d.source for d in defs if names.count(d.name) == 1}
     changed = []
     for path in booktools.toc_notebooks():
         nb = booktools.read_nb(path)

@@ -234,3 +234,21 @@ def test_python_numbers_passed_to_functions_become_float32():
     assert exp(2.0).dtype == np.float32
     assert mini_dl.add(2.0, 3).dtype == np.float32
     assert as_variable(1.5).dtype == np.float32
+
+
+def test_unused_output_of_a_single_output_function_gets_zero_gradient():
+    class Twice(Function):
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, gy):
+            return 2 * gy
+
+    x = Variable(np.ones(2, dtype=np.float32))
+    y = Twice()(x)
+    f = y.creator
+    f.backward  # noqa: B018
+    # 出力の grad が None のまま関数の逆伝播が呼ばれても、0 が流れてきたとみなす
+    from mini_dl.core import _output_grad
+    g = _output_grad(f, 0, y)
+    assert g.dtype == np.float32 and not g.data.any()

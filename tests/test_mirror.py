@@ -13,7 +13,8 @@ def by_name():
 
 @pytest.mark.parametrize("pkg", PACKAGE_DEFS, ids=[f"{d.where}:{d.name}" for d in PACKAGE_DEFS])
 def test_definition_is_shown_identically_in_a_chapter(pkg, by_name):
-    issues = mirror.check(pkg, by_name)
+    siblings = {d.source for d in PACKAGE_DEFS if d.name == pkg.name and d is not pkg}
+    issues = mirror.check(pkg, by_name, siblings)
     assert not issues, "\n\n".join(issues)
 
 
@@ -42,6 +43,17 @@ def test_mirror_detects_drift_missing_and_accepts_drafts(monkeypatch):
     assert len(only_draft) == 1 and "完成版がどの章にもありません" in only_draft[0]
     drifted = mirror.check(pkg, {"f": [same, drift]})
     assert len(drifted) == 1 and "第2章" in drifted[0] and "+    return x + 1" in drifted[0]
+
+
+def test_same_name_in_two_modules_is_not_drift():
+    # functions.Linear（関数）と layers.Linear（層）のように、別のモジュールの同じ名前は両方載せられる
+    f = mirror.Definition("Linear", "class Linear(Function):\n    pass", "mini_dl/functions.py")
+    layer = mirror.Definition("Linear", "class Linear(Layer):\n    pass", "mini_dl/layers.py")
+    shown = {"Linear": [mirror.Definition("Linear", f.source, "book/a.ipynb のセル 1", "第9章"),
+                        mirror.Definition("Linear", layer.source, "book/a.ipynb のセル 2", "第9章")]}
+    assert mirror.check(f, shown, {layer.source}) == []
+    assert mirror.check(layer, shown, {f.source}) == []
+    assert len(mirror.check(f, shown)) == 1  # 兄弟を知らなければ、ずれとして報告される
 
 
 def test_draft_label_is_read_from_first_line(tmp_path, monkeypatch):

@@ -233,8 +233,8 @@ def test_matmul_with_an_ndarray_on_the_left():
 def test_matmul_shape_errors_are_japanese():
     with pytest.raises(ValueError, match=r"matmul の shape が合いません: \(2, 3\) @ \(2, 3\)"):
         matmul(Variable(np.ones((2, 3))), Variable(np.ones((2, 3))))
-    with pytest.raises(ValueError, match="2 次元の配列どうし"):
-        matmul(Variable(np.ones(3)), Variable(np.ones((3, 1))))
+    with pytest.raises(ValueError, match="0 次元の配列は使えません"):
+        matmul(Variable(np.ones(3)), Variable(np.array(2.0)))
 
 
 def test_transpose_sum_to_broadcast_to():
