@@ -312,16 +312,15 @@ class Function:
     def __call__(self, *inputs):
         inputs = [x if isinstance(x, Variable) else _as_input(self, x) for x in inputs]
         ys = self.forward(*[x.data for x in inputs])
-        if not isinstance(ys, tuple):
-            ys = (ys,)
-        outputs = [Variable(y) for y in ys]  # NumPy のスカラーは、Variable が同じ dtype の 0 次元配列にする
+        # NumPy のスカラーは、Variable が同じ dtype の 0 次元配列にする
+        outputs = [Variable(y) for y in ys] if isinstance(ys, tuple) else [Variable(ys)]
 
         if Config.enable_backprop:
             self.generation = max([x.generation for x in inputs])
             for output in outputs:
-                output.set_creator(self)
+                output.set_creator(self)  # 出力に「自分を作った関数」を記録する
             self.inputs = inputs
-            self.outputs = [weakref.ref(output) for output in outputs]
+            self.outputs = list(map(weakref.ref, outputs))
             if len(outputs) > 1:
                 # 出力が複数なら、使われずに消えた出力にも勾配 0 を作れるように、shape と dtype を覚えておく
                 self.output_specs = [(y.shape, y.dtype) for y in outputs]
