@@ -139,6 +139,18 @@ class Variable:
     def __getitem__(self, slices):
         return get_item(self, slices)
 
+    def to_cpu(self):
+        """中身の配列を CPU（NumPy）に移します。自分自身を返します。"""
+        if self.data is not None:
+            self.data = cuda.as_numpy(self.data)
+        return self
+
+    def to_gpu(self):
+        """中身の配列を GPU（CuPy）に移します（使える GPU が無ければ ``RuntimeError``）。自分自身を返します。"""
+        if self.data is not None:
+            self.data = cuda.as_cupy(self.data)
+        return self
+
     def __len__(self):
         return len(self.data)
 

@@ -45,3 +45,19 @@ def test_importable_without_cupy(monkeypatch):
     monkeypatch.setattr(cuda, "cupy", None)
     assert cuda.is_available() is False
     assert cuda.get_array_module(np.ones(1)) is np
+
+
+def test_variable_and_layer_device_moves_on_cpu():
+    import mini_dl.layers as L
+    from mini_dl import Variable
+
+    v = Variable(np.ones(3, dtype=np.float32))
+    assert v.to_cpu() is v and isinstance(v.data, np.ndarray)
+    layer = L.Linear(2, in_size=3, seed=0)
+    assert layer.to_cpu() is layer and isinstance(layer.W.data, np.ndarray)
+    if not cuda.is_available():
+        with pytest.raises(RuntimeError):
+            v.to_gpu()
+    else:
+        assert not isinstance(v.to_gpu().data, np.ndarray)
+        assert isinstance(v.to_cpu().data, np.ndarray)
