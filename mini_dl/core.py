@@ -322,16 +322,23 @@ class Function:
     """
 
     def __call__(self, *inputs):
-        inputs = [x if isinstance(x, Variable) else _as_input(self, x) for x in inputs]
-        ys = self.forward(*[x.data for x in inputs])
+        variables, xs, generation = [], [], 0
+        for x in inputs:  # 入力を Variable に揃え、中身の配列を集めながら、いちばん大きな世代も求める
+            if not isinstance(x, Variable):
+                x = _as_input(self, x)
+            variables.append(x)
+            xs.append(x.data)
+            if x.generation > generation:
+                generation = x.generation
+        ys = self.forward(*xs)
         # NumPy のスカラーは、Variable が同じ dtype の 0 次元配列にする
         outputs = [Variable(y) for y in ys] if isinstance(ys, tuple) else [Variable(ys)]
 
         if Config.enable_backprop:
-            self.generation = max([x.generation for x in inputs])
+            self.generation = generation
             for output in outputs:
                 output.set_creator(self)  # 出力に「自分を作った関数」を記録する
-            self.inputs = inputs
+            self.inputs = variables
             self.outputs = list(map(weakref.ref, outputs))
             if len(outputs) > 1:
                 # 出力が複数なら、使われずに消えた出力にも勾配 0 を作れるように、shape と dtype を覚えておく
