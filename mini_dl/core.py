@@ -1,7 +1,8 @@
-"""mini_dl の心臓部: 変数 ``Variable``、関数 ``Function``、四則演算と行列積。
+"""mini_dl の心臓部: 変数 ``Variable``、関数 ``Function``、四則演算、テンソルの形を変える関数と行列積。
 
 第3章で作り、第4章で逆伝播を自動化し、第5章でメモリとモード（``Config``・``no_grad``）を、
-第6章で演算子と四則演算を、第7章で高階微分（``create_graph``）を加えた形です。
+第6章で演算子と四則演算を、第7章で高階微分（``create_graph``）を、第8章でテンソルの形を扱う関数
+（reshape・transpose・sum・添字・行列積）と ``Parameter``（第9章）を加えた形です。
 """
 import contextlib
 import heapq

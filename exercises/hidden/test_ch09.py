@@ -10,7 +10,7 @@ import numpy as np
 
 import mini_dl.functions as F
 from grader import ExerciseFailure
-from mini_dl import Function, Parameter, Variable
+from mini_dl import Function, Variable
 from mini_dl.layers import Layer
 from mini_dl.models import Model
 from mini_dl.utils import gradient_check

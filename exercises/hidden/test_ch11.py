@@ -10,7 +10,6 @@ import numpy as np
 
 import mini_dl.functions as F
 import mini_dl.layers as L
-from grader import ExerciseFailure
 from mini_dl import DataLoader, Variable, gradient_check, optimizers
 from mini_dl.datasets import Dataset
 from mini_dl.models import Sequential
