@@ -178,6 +178,17 @@ class Exercise:
     def __call__(self, *args, **kwargs):
         return self.run(self.obj, *args, **kwargs)
 
+    def check_subclass(self, base, base_name=None):
+        """答え（``self.obj``）が クラス ``base`` のサブクラスかを確かめ、そのクラスを返します。
+
+        ``base_name`` は、メッセージで使う ``base`` の呼び名（例: ``"mini_dl の Function"``）です。
+        """
+        if not (isinstance(self.obj, type) and issubclass(self.obj, base)):
+            self.fail(f"{self.name} は {base_name or base.__name__} のサブクラスにしてください。",
+                      expected=f"{base.__name__} のサブクラス", actual=self.obj,
+                      hint=f"`class {self.name}({base.__name__}):` と書きます。")
+        return self.obj
+
     def check_equal(self, actual, expected, *, inputs=None, hint=None):
         """``actual == expected`` を確かめます（タプル・リスト・数値向け）。"""
         if actual != expected:
@@ -220,6 +231,25 @@ class Exercise:
         else:
             self.fail(f"{exc_type.__name__} を送出するはずが、値を返しました。",
                       inputs=inputs, expected=exc_type.__name__, actual=result, hint=hint)
+
+
+def pick_hint(actual, candidates, default, rtol=1e-4, atol=1e-5, equal_nan=False):
+    """``actual`` が、よくある間違いの答え ``candidates``（{ヒント: 値}）のどれかに一致すれば、そのヒントを返します。
+
+    どれにも一致しなければ ``default`` を返します。``equal_nan=False`` なら inf や nan を含む候補は比べず、
+    ``True`` なら nan どうしを一致とみなします。
+    """
+    try:
+        got = np.asarray(actual, dtype=np.float64)
+    except Exception:
+        return default
+    for hint, value in candidates.items():
+        value = np.asarray(value, dtype=np.float64)
+        if got.shape != value.shape or not (equal_nan or np.all(np.isfinite(value))):
+            continue
+        if np.allclose(got, value, rtol=rtol, atol=atol, equal_nan=equal_nan):
+            return hint
+    return default
 
 
 def _raise_not_implemented():

@@ -15,16 +15,9 @@ def _random_shape(rng):
     return tuple(int(n) for n in rng.integers(1, 5, size=rng.integers(0, 3)))
 
 
-def _function_class(ex, Function):
-    if not (isinstance(ex.obj, type) and issubclass(ex.obj, Function)):
-        ex.fail(f"{ex.name} は Function のサブクラスにしてください。", expected="Function のサブクラス",
-                actual=ex.obj, hint=f"`class {ex.name}(Function):` と書きます。")
-    return ex.obj
-
-
 def _check_elementwise(ex, exercise, rng, forward_ref, backward_ref, hint_forward, hint_backward):
     Variable = _chapter3(exercise, "Variable")
-    cls = _function_class(ex, _chapter3(exercise, "Function"))
+    cls = ex.check_subclass(_chapter3(exercise, "Function"))
     for _ in range(5):
         shape = _random_shape(rng)
         x = rng.uniform(-3, 3, size=shape).astype(np.float32)
@@ -61,7 +54,7 @@ def test_ex3_2_tanh(exercise, rng):
 def test_ex3_2_tanh_instances_are_independent(exercise, rng):
     ex = exercise("3-2", "Tanh")
     Variable = _chapter3(exercise, "Variable")
-    cls = _function_class(ex, _chapter3(exercise, "Function"))
+    cls = ex.check_subclass(_chapter3(exercise, "Function"))
     x1 = rng.uniform(-2, 2, size=3).astype(np.float32)
     x2 = rng.uniform(-2, 2, size=3).astype(np.float32)
     f1, f2 = ex.run(cls), ex.run(cls)

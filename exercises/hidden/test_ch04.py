@@ -37,13 +37,6 @@ def _close(a, b, dtype):
         return False
 
 
-def _function_class(ex, Function):
-    if not (isinstance(ex.obj, type) and issubclass(ex.obj, Function)):
-        ex.fail(f"{ex.name} は Function のサブクラスにしてください。", expected="Function のサブクラス",
-                actual=ex.obj, hint=f"`class {ex.name}(Function):` と書きます。")
-    return ex.obj
-
-
 DTYPE_HINT = ("float32 の入力には float32 を返します。np.float64 の値（np.array(1.0) など）を"
               "混ぜていませんか。")
 
@@ -54,7 +47,7 @@ DTYPE_HINT = ("float32 の入力には float32 を返します。np.float64 の�
 def test_ex4_1_mul_forward_backward(exercise, rng):
     ex = exercise("4-1", "Mul")
     Variable = _chapter4(exercise, "4-1", "Variable")
-    Mul = _function_class(ex, _chapter4(exercise, "4-1", "Function"))
+    Mul = ex.check_subclass(_chapter4(exercise, "4-1", "Function"))
     for dtype in DTYPES:
         shape = _random_shape(rng)
         x0 = _uniform(rng, -2, 2, shape, dtype)
@@ -158,7 +151,7 @@ def _sincos_backward(ex, func, *args, inputs=None):
 def test_ex4_2_sincos_forward_backward(exercise, rng):
     ex = exercise("4-2", "SinCos")
     Variable = _chapter4(exercise, "4-2", "Variable")
-    SinCos = _function_class(ex, _chapter4(exercise, "4-2", "Function"))
+    SinCos = ex.check_subclass(_chapter4(exercise, "4-2", "Function"))
     for dtype in DTYPES:
         shape = _random_shape(rng)
         x = _uniform(rng, -3, 3, shape, dtype)
@@ -206,7 +199,7 @@ def test_ex4_2_sincos_both_outputs_in_a_graph(exercise, rng):
     ex = exercise("4-2", "SinCos")
     Variable = _chapter4(exercise, "4-2", "Variable")
     add = _chapter4(exercise, "4-2", "add")
-    _function_class(ex, _chapter4(exercise, "4-2", "Function"))
+    ex.check_subclass(_chapter4(exercise, "4-2", "Function"))
     for i, dtype in enumerate(DTYPES):
         shape = () if i % 2 == 0 else _random_shape(rng)
         x_data = _uniform(rng, -3, 3, shape, dtype)
@@ -230,7 +223,7 @@ def test_ex4_2_sincos_both_outputs_in_a_graph(exercise, rng):
 def test_ex4_2_sincos_unused_output(exercise, rng):
     ex = exercise("4-2", "SinCos")
     Variable = _chapter4(exercise, "4-2", "Variable")
-    _function_class(ex, _chapter4(exercise, "4-2", "Function"))
+    ex.check_subclass(_chapter4(exercise, "4-2", "Function"))
     for i, dtype in enumerate(DTYPES):
         shape = () if i < 2 else _random_shape(rng)
         x_data = _uniform(rng, -3, 3, shape, dtype)

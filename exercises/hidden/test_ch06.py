@@ -19,13 +19,6 @@ def _head(a):
     return np.round(np.ravel(np.asarray(a, dtype=np.float64))[:3], 3).tolist()
 
 
-def _function_class(ex):
-    if not (isinstance(ex.obj, type) and issubclass(ex.obj, Function)):
-        ex.fail(f"{ex.name} は mini_dl の Function のサブクラスにしてください。", expected="Function のサブクラス",
-                actual=ex.obj, hint=f"`class {ex.name}(Function):` と書きます。")
-    return ex.obj
-
-
 def _variable(ex, value, inputs, what):
     if not isinstance(value, Variable):
         ex.fail(f"{what} は Variable で返してください。", inputs=inputs, expected="Variable", actual=value,
@@ -82,7 +75,7 @@ def _away_from_zero(rng, shape, dtype):
 
 def test_ex6_1_abs_forward_and_backward(exercise, rng):
     ex = exercise("6-1", "Abs")
-    cls = _function_class(ex)
+    cls = ex.check_subclass(Function, "mini_dl の Function")
     for _ in range(4):
         shape = _random_shape(rng)
         x = _away_from_zero(rng, shape, np.float32)
@@ -102,7 +95,7 @@ def test_ex6_1_abs_forward_and_backward(exercise, rng):
 
 def test_ex6_1_abs_gradient_check_and_operator(exercise, rng):
     ex = exercise("6-1", "absolute")
-    Abs = _function_class(exercise("6-1", "Abs"))
+    Abs = exercise("6-1", "Abs").check_subclass(Function, "mini_dl の Function")
     x = _away_from_zero(rng, _random_shape(rng, 1), np.float64)
     _check_gradient(ex, Abs, x, inputs=f"gradient_check(Abs, x)、x の先頭: {_head(x)}（0 は含みません）",
                     hint="backward は gy × sign(x) です。")
@@ -191,7 +184,7 @@ def _sigmoid_ref(x):
 
 def test_ex6_3_sigmoid_forward_and_variable_backward(exercise, rng):
     ex = exercise("6-3", "Sigmoid")
-    cls = _function_class(ex)
+    cls = ex.check_subclass(Function, "mini_dl の Function")
     for _ in range(4):
         shape = _random_shape(rng)
         x = rng.uniform(-6, 6, size=shape).astype(np.float32)
@@ -213,7 +206,7 @@ def test_ex6_3_sigmoid_forward_and_variable_backward(exercise, rng):
 
 def test_ex6_3_sigmoid_gradient_check_and_graph(exercise, rng):
     ex = exercise("6-3", "sigmoid")
-    Sigmoid = _function_class(exercise("6-3", "Sigmoid"))
+    Sigmoid = exercise("6-3", "Sigmoid").check_subclass(Function, "mini_dl の Function")
     x = rng.uniform(-4, 4, size=_random_shape(rng, 1))
     _check_gradient(ex, Sigmoid, x, inputs=f"gradient_check(Sigmoid, x)、x の先頭: {_head(x)}",
                     hint="backward は gy × y × (1 - y) です。gy を掛け忘れると、重みの付いた検査で見つかります。")

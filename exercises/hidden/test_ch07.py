@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 import mini_dl.functions as F
-from grader import ExerciseFailure
+from grader import ExerciseFailure, pick_hint
 from mini_dl import Variable
 
 HINT_CREATE_GRAPH = ("1 回目の backward に create_graph=True を付けていますか。付けないと、勾配 x.grad に計算グラフが付かず、"
@@ -31,19 +31,6 @@ def _as_array(ex, value, inputs, what="配列"):
         ex.fail(f"Variable ではなく{what}を返してください。", inputs=inputs, expected="ndarray", actual=value,
                 hint="最後に `.data` を付けて、中身の配列を返します。")
     return value
-
-
-def _pick_hint(actual, candidates, default, rtol=1e-4, atol=1e-5):
-    """``actual`` が、よくある間違いの答え ``candidates``（{ヒント: 値}）のどれかに一致すれば、そのヒントを返します。"""
-    try:
-        got = np.asarray(actual, dtype=np.float64)
-    except Exception:
-        return default
-    for hint, value in candidates.items():
-        value = np.asarray(value, dtype=np.float64)
-        if got.shape == value.shape and np.all(np.isfinite(value)) and np.allclose(got, value, rtol=rtol, atol=atol):
-            return hint
-    return default
 
 
 def _seed(y):
@@ -81,7 +68,7 @@ def _check_nth(ex, f, x, n, expected_by_order, inputs, rtol, atol):
     if n >= 2:
         candidates["逆伝播のたびに x.cleargrad() で前の勾配を消していますか。消さないと、前の階の微分が足し合わされます。"] = \
             _nth_without_cleargrad(f, x.copy(), n)
-    hint = _pick_hint(got, candidates,
+    hint = pick_hint(got, candidates,
                       f"{n} 階微分になっていません。毎回 x.cleargrad() してから y.backward(create_graph=True) し、"
                       "y = x.grad として次の階へ進みます。要素が複数なら、出発点の勾配 y.grad をすべて 1 にします。")
     ex.check_close(got, expected_by_order[n], rtol=rtol, atol=atol, inputs=inputs, hint=hint)
@@ -149,7 +136,7 @@ def _check_newton(ex, f, df, d2f, x0, steps, inputs):
         ex.fail(f"履歴の長さが違います（期待 {len(expected)}、実際 {len(history)}）。", inputs=inputs,
                 expected=np.round(expected, 6).tolist(), actual=got, hint=hint)
     wrong = np.array(_newton_reference(df, d2f, x0, steps, wrong_denominator=True))
-    hint = _pick_hint(history, {
+    hint = pick_hint(history, {
         "2 回目の逆伝播（gx.backward()）の前に x.cleargrad() を忘れていませんか。忘れると x.grad は f' + f'' になります。": wrong,
     }, "x ← x - f'(x) / f''(x) です。f' は y.backward(create_graph=True) の x.grad、f'' は x.cleargrad() のあと gx.backward() した x.grad です。")
     ex.check_close(history, expected, rtol=1e-8, atol=1e-10, inputs=inputs, hint=hint)
@@ -190,7 +177,7 @@ def test_ex7_2_exp_function(exercise, rng):
 def _check_penalty(ex, f, x, fprime, expected, inputs, rtol, atol, check_dtype):
     got = _run(ex, HINT_CREATE_GRAPH, ex.obj, f, x.copy())
     got = _as_array(ex, got, inputs)
-    hint = _pick_hint(got, {
+    hint = pick_hint(got, {
         "返ってきたのは 1 階微分 df/dx です。create_graph=True で求めた gx から p = gx ** 2 を作り、p を逆伝播します。": fprime,
         "p を逆伝播する前に x.cleargrad() を忘れていませんか。忘れると、1 階微分 df/dx が足し合わされます。": expected + fprime,
         "返ってきたのは (df/dx)^2 の値そのものです。その x についての微分を返します。": fprime ** 2,
@@ -242,7 +229,7 @@ def _check_taylor(ex, x_data, n, rtol, atol):
         ex.fail("Variable を返してください。", inputs=inputs, expected="Variable", actual=y,
                 hint="np.exp や x.data を使わずに、Variable の演算子（+ * / **）だけで計算します。")
     expected = _partial_exp(x_data, n).astype(dtype)
-    hint = _pick_hint(y.data, {
+    hint = pick_hint(y.data, {
         f"{n + 1} 項の和が返ってきました。最初の n_terms 項（k = 0 から n_terms - 1 まで）を足します。": _partial_exp(x_data, n + 1),
         f"{n - 1} 項の和が返ってきました。k = 0 の項 1 を忘れていませんか。": _partial_exp(x_data, n - 1),
         "np.exp(x) の値そのものが返ってきました。テイラー展開の項を足します。": np.exp(x_data.astype(np.float64)),

@@ -7,7 +7,7 @@ Variable・Function・関数（F.sum、F.reshape など）と gradient_check を
 """
 import numpy as np
 
-from grader import ExerciseFailure
+from grader import ExerciseFailure, pick_hint
 from mini_dl import Function, Variable, gradient_check
 
 F32_HINT = ("float32 の入力には float32 を返します。np.float64(...) や np.prod(...)・np.int64 のような NumPy の値を"
@@ -68,13 +68,6 @@ def _run(ex, hint, func, *args, **kwargs):
         raise ExerciseFailure(f"{e}\n  ヒント:     {hint}") from None
 
 
-def _function_class(ex):
-    if not (isinstance(ex.obj, type) and issubclass(ex.obj, Function)):
-        ex.fail(f"{ex.name} は mini_dl の Function のサブクラスにしてください。", expected="Function のサブクラス",
-                actual=ex.obj, hint=f"`class {ex.name}(Function):` と書きます。")
-    return ex.obj
-
-
 def _variable(ex, value, inputs, what):
     if not isinstance(value, Variable):
         ex.fail(f"{what} は Variable で返してください。", inputs=inputs, expected="Variable", actual=value,
@@ -115,19 +108,6 @@ def _check_gradient(ex, f, *arrays, inputs, hint):
         _run(ex, hint, _reraise, e)
 
 
-def _pick_hint(actual, candidates, default, rtol=1e-4, atol=1e-5):
-    """``actual`` が、よくある間違いの答え ``candidates``（{ヒント: 値}）のどれかに一致すれば、そのヒントを返します。"""
-    try:
-        got = np.asarray(actual, dtype=np.float64)
-    except Exception:
-        return default
-    for hint, value in candidates.items():
-        value = np.asarray(value, dtype=np.float64)
-        if got.shape == value.shape and np.all(np.isfinite(value)) and np.allclose(got, value, rtol=rtol, atol=atol):
-            return hint
-    return default
-
-
 # ---------------------------------------------------------------- 練習 8-1: Flatten
 
 FLATTEN_SHAPE_HINT = ("バッチの軸（最初の軸）は残して、残りの軸だけを 1 つにまとめます: x.reshape(x.shape[0], -1)。"
@@ -137,7 +117,7 @@ FLATTEN_BACK_HINT = "backward では、gy を入力の shape（self.inputs[0].sh
 
 def test_ex8_1_flatten_forward_and_backward(exercise, rng):
     ex = exercise("8-1", "flatten")
-    _function_class(exercise("8-1", "Flatten"))
+    exercise("8-1", "Flatten").check_subclass(Function, "mini_dl の Function")
     shapes = [_random_shape(rng, 3, 4, 2, 5), (int(rng.integers(2, 6)),), (1,) + _random_shape(rng, 2, 2, 2, 4),
               _random_shape(rng, 2, 2, 2, 6)]
     for shape in shapes:
@@ -205,7 +185,7 @@ def test_ex8_2_mean_values_and_dtype(exercise, rng):
             "全要素数 x.size で割っていませんか。" + MEAN_N_HINT: s / x.size,
             "和のままで、割り算を忘れていませんか。": s,
         }
-        hint = _pick_hint(y.data, candidates, MEAN_N_HINT)
+        hint = pick_hint(y.data, candidates, MEAN_N_HINT)
         if np.asarray(y.data).shape != expected.shape:
             hint = "keepdims=True なら足した軸を長さ 1 で残し、False なら消します。F.sum(x, axis=axis, keepdims=keepdims) に渡しましょう。"
         _check_close(ex, y.data, expected, rtol=1e-5, atol=1e-6, inputs=inputs, hint=hint)
@@ -254,7 +234,7 @@ def _swap_cases(rng):
 
 def test_ex8_3_swapaxes_forward_and_backward(exercise, rng):
     ex = exercise("8-3", "Swapaxes")
-    cls = _function_class(ex)
+    cls = ex.check_subclass(Function, "mini_dl の Function")
     for shape, a1, a2 in _swap_cases(rng):
         x = rng.standard_normal(shape).astype(np.float32)
         inputs = f"Swapaxes({a1}, {a2})(Variable(x))、x は shape {shape} の float32"
@@ -273,7 +253,7 @@ def test_ex8_3_swapaxes_forward_and_backward(exercise, rng):
 
 def test_ex8_3_swapaxes_gradient_check_and_function(exercise, rng):
     ex = exercise("8-3", "swapaxes")
-    cls = _function_class(exercise("8-3", "Swapaxes"))
+    cls = exercise("8-3", "Swapaxes").check_subclass(Function, "mini_dl の Function")
     shape, a1, a2 = (2, 3, 4), 0, -2
     x = rng.standard_normal(shape)
     _check_gradient(ex, lambda v: cls(a1, a2)(v) ** 3, x,
@@ -302,7 +282,7 @@ def _ids_with_repeats(rng, vocab, shape):
 
 def test_ex8_4_embed_forward_and_repeated_ids(exercise, rng):
     ex = exercise("8-4", "EmbedID")
-    cls = _function_class(ex)
+    cls = ex.check_subclass(Function, "mini_dl の Function")
     for ids_shape in [(int(rng.integers(4, 8)),), (int(rng.integers(2, 4)), int(rng.integers(3, 5)))]:
         vocab, dim = int(rng.integers(3, 7)), int(rng.integers(2, 5))
         W = rng.standard_normal((vocab, dim)).astype(np.float32)
@@ -320,7 +300,7 @@ def test_ex8_4_embed_forward_and_repeated_ids(exercise, rng):
         wrong = np.zeros_like(W)
         wrong[ids] += gy
         g = _grad_of(ex, Wv, inputs)
-        hint = _pick_hint(g.data, {EMBED_ADD_HINT: wrong}, "使われた行にだけ、その回数分の gy の行が足されます。"
+        hint = pick_hint(g.data, {EMBED_ADD_HINT: wrong}, "使われた行にだけ、その回数分の gy の行が足されます。"
                           "使われなかった行の勾配は 0 です。")
         _check_close(ex, g.data, expected, rtol=1e-5, atol=1e-6, inputs=f"{inputs}、W.grad を確認", hint=hint)
         _check_close(ex, g.data, expected, rtol=1e-5, atol=1e-6, check_dtype=True, inputs=f"{inputs}、W.grad を確認",
@@ -329,7 +309,7 @@ def test_ex8_4_embed_forward_and_repeated_ids(exercise, rng):
 
 def test_ex8_4_embed_gradient_check(exercise, rng):
     ex = exercise("8-4", "EmbedID")
-    cls = _function_class(ex)
+    cls = ex.check_subclass(Function, "mini_dl の Function")
     vocab, dim = int(rng.integers(3, 6)), int(rng.integers(2, 4))
     ids = _ids_with_repeats(rng, vocab, (6,))
     _check_gradient(ex, lambda W: cls(ids)(W) ** 2, rng.standard_normal((vocab, dim)),
@@ -361,7 +341,7 @@ def test_ex8_5_logsumexp_values(exercise, rng):
         expected = _lse_ref(x, axis)
         x64 = x.astype(np.float64)
         m = np.max(x64, axis=axis)
-        hint = _pick_hint(y.data, {
+        hint = pick_hint(y.data, {
             "最大値 m を足し戻すのを忘れていませんか: log Σ exp(x) = m + log Σ exp(x - m)。": expected - m,
             "log を取り忘れていませんか。": np.exp(expected),
         }, "log(Σ exp(x)) を axis に沿って計算します。結果の shape は F.sum(x, axis) と同じです。")
@@ -381,7 +361,7 @@ def test_ex8_5_logsumexp_large_values_are_stable(exercise, rng):
             ex.fail("結果に inf か nan が含まれています。", inputs=inputs, expected=_lse_ref(x, 1), actual=y.data,
                     hint=LSE_STABLE_HINT)
         expected = _lse_ref(x, 1)
-        hint = _pick_hint(y.data, {"最大値 m を足し戻すのを忘れていませんか: log Σ exp(x) = m + log Σ exp(x - m)。":
+        hint = pick_hint(y.data, {"最大値 m を足し戻すのを忘れていませんか: log Σ exp(x) = m + log Σ exp(x - m)。":
                                    expected - x.astype(np.float64).max(axis=1)}, LSE_STABLE_HINT)
         _check_close(ex, y.data, expected, rtol=1e-5, atol=1e-3, inputs=inputs, hint=hint)
 

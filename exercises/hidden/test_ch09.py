@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 import mini_dl.functions as F
-from grader import ExerciseFailure
+from grader import ExerciseFailure, pick_hint
 from mini_dl import Function, Variable
 from mini_dl.layers import Layer
 from mini_dl.models import Model
@@ -17,19 +17,6 @@ from mini_dl.utils import gradient_check
 
 HINT_FLOAT32 = ("np.random の乱数や np.zeros は、dtype を指定しないと float64 です。"
                 "`.astype(np.float32)` や `dtype=np.float32` で float32 にしてから Parameter に入れます。")
-
-
-def _pick_hint(actual, candidates, default, rtol=1e-4, atol=1e-5):
-    """``actual`` が、よくある間違いの答え ``candidates``（{ヒント: 値}）のどれかに一致すれば、そのヒントを返します。"""
-    try:
-        got = np.asarray(actual, dtype=np.float64)
-    except Exception:
-        return default
-    for hint, value in candidates.items():
-        value = np.asarray(value, dtype=np.float64)
-        if got.shape == value.shape and np.all(np.isfinite(value)) and np.allclose(got, value, rtol=rtol, atol=atol):
-            return hint
-    return default
 
 
 def _subclass(ex, base, how):
@@ -100,7 +87,7 @@ def test_ex9_1_params_in_order_with_shapes_dtype_and_init(exercise, rng):
         ex.check_close(params["b2"].data, np.zeros(O, np.float32), inputs=inputs, hint="b2 は 0 で初期化します。")
         r2 = np.random.default_rng(seed)
         W2_first = (r2.standard_normal((H, O)) * np.sqrt(1 / H)).astype(np.float32)
-        hint_w = _pick_hint(params["W1"].data, {
+        hint_w = pick_hint(params["W1"].data, {
             "W1 が標準正規乱数のままです。√(1/in_size) を掛けます。": W1 / np.float32(np.sqrt(1 / I)),
             "W1 には √(1/hidden_size) ではなく √(1/in_size) を掛けます。": W1 / np.float32(np.sqrt(1 / I)) * np.sqrt(1 / H),
         }, "rng = np.random.default_rng(seed) を 1 つ作り、rng.standard_normal((in_size, hidden_size)) * √(1/in_size) で W1 を、"
@@ -129,7 +116,7 @@ def test_ex9_1_forward_values_and_gradients(exercise, rng):
         yd = _data(ex, y, inputs, "forward の戻り値")
         ref = _two_layer_ref(x, W1, b1, W2, b2)
         xd, W1d, b1d, W2d, b2d = (a.astype(np.float64) for a in (x, W1, b1, W2, b2))
-        hint = _pick_hint(yd, {
+        hint = pick_hint(yd, {
             "活性化関数が tanh ではなく sigmoid になっています。F.tanh を使います。":
                 (1 / (1 + np.exp(-(xd @ W1d + b1d)))) @ W2d + b2d,
             "活性化関数を忘れています。1 層目の出力に F.tanh を適用してから 2 層目に入れます。": (xd @ W1d + b1d) @ W2d + b2d,
@@ -215,7 +202,7 @@ def test_ex9_2_converges_to_least_squares_in_float32(exercise, rng):
         A = np.hstack([x, np.ones((N, 1), np.float32)]).astype(np.float64)
         sol, *_ = np.linalg.lstsq(A, y.astype(np.float64), rcond=None)
         W_bad, b_bad, _ = _train_ref(x, y, 0.1, 400, cleargrad=False)
-        hint = _pick_hint(np.concatenate([Wd.ravel(), bd.ravel()]), {
+        hint = pick_hint(np.concatenate([Wd.ravel(), bd.ravel()]), {
             "毎回、逆伝播の前に W.cleargrad() と b.cleargrad() を呼んでいますか。呼ばないと勾配が前の回の分と足し合わされ、"
             "最小二乗解に収束しません。": np.concatenate([W_bad.ravel(), b_bad.ravel()]),
         }, "予測 x W + b → F.mean_squared_error → cleargrad → backward → W.data -= lr * W.grad.data（b も）を steps 回繰り返します。")
@@ -238,13 +225,13 @@ def test_ex9_2_records_each_loss_before_the_update(exercise, rng):
         ex.fail("losses の要素は Python の float にしてください。", inputs=inputs, expected="float",
                 actual=sorted({type(v).__name__ for v in losses}), hint="`float(loss.data)` を足します（Variable のまま足さない）。")
     first = float(np.mean(y.astype(np.float64) ** 2))
-    hint0 = _pick_hint(losses[0], {
+    hint0 = pick_hint(losses[0], {
         "losses[0] が、1 回更新した後の損失になっています。更新の前に損失を記録します。": ref[1] if steps > 1 else np.nan,
         "平均ではなく和になっています。F.mean_squared_error を使います。": first * len(y),
     }, "W と b が 0 のとき、最初の損失は mean(y ** 2) です。W と b を 0 から始めていますか。")
     ex.check_close(losses[0], first, rtol=1e-4, inputs=inputs + "（losses[0] を確認）", hint=hint0)
     _, _, bad = _train_ref(x, y, lr, steps, cleargrad=False)
-    hint = _pick_hint(losses, {
+    hint = pick_hint(losses, {
         "毎回、逆伝播の前に W.cleargrad() と b.cleargrad() を呼んでいますか。勾配が足し合わされています。": bad,
     }, "各回の損失を、更新する前に `losses.append(float(loss.data))` で記録します。")
     ex.check_close(np.array(losses), np.array(ref), rtol=1e-4, atol=1e-6, inputs=inputs, hint=hint)
@@ -283,7 +270,7 @@ def test_ex9_3_huber_forward_and_backward_float32(exercise, rng):
         ld = _data(ex, loss, inputs, "huber_loss の戻り値")
         ref, g_ref, h, r = _huber_ref(x0, x1, delta)
         N = len(r)
-        hint = _pick_hint(ld, {
+        hint = pick_hint(ld, {
             "最初の軸の長さ N で割るのを忘れていませんか。": ref * N,
             "割るのは要素の数ではなく、最初の軸の長さ N（len(x0)）です（mean_squared_error と同じ規則）。": ref * N / r.size,
             "|r| > δ のときは δ(|r| - δ/2) です。δ/2 を引き忘れていませんか。":
@@ -299,7 +286,7 @@ def test_ex9_3_huber_forward_and_backward_float32(exercise, rng):
             if v.grad is None:
                 ex.fail(f"逆伝播の後、{name}.grad が None です。", inputs=inputs, expected="勾配", actual=None,
                         hint="backward は (x0 の勾配, x1 の勾配) の 2 つを返します。")
-            hint = _pick_hint(v.grad.data, {
+            hint = pick_hint(v.grad.data, {
                 "勾配も N で割ります。": sign * g_ref * N,
                 f"{name} の勾配の符号が逆です。∂L/∂x0 = clip(r)/N、∂L/∂x1 = -clip(r)/N です。": -sign * g_ref,
                 "勾配を δ で切り詰めていません（|r| > δ では ±δ/N）。": sign * r / N,

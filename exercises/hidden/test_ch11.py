@@ -6,13 +6,20 @@ Variable・F.softmax_cross_entropy・DataLoader・MLP などを使います。
 float64 への昇格、半端なミニバッチの平均、cleargrads の忘れ）は、テストの中で同じ間違いをした答えを作って見比べ、
 当てはまればそのことをヒントで伝えます。
 """
+import functools
+
 import numpy as np
 
 import mini_dl.functions as F
 import mini_dl.layers as L
+from grader import pick_hint
 from mini_dl import DataLoader, Variable, gradient_check, optimizers
 from mini_dl.datasets import Dataset
 from mini_dl.models import Sequential
+
+
+# この章では、nan どうしも「同じ間違い」とみなします
+_pick_hint = functools.partial(pick_hint, equal_nan=True)
 
 F32_HINT = ("float32 の入力には float32 を返します。np.full(..., eps / C) や np.eye(C) は既定で float64 なので、"
             "dtype=x.dtype を指定しないと、NumPy 2 の規則で損失が float64 に昇格します。")
@@ -24,19 +31,6 @@ def _head(a, n=3):
 
 def _reraise(exc):
     raise exc
-
-
-def _pick_hint(actual, candidates, default, rtol=1e-4, atol=1e-5):
-    """``actual`` が、よくある間違いの答え ``candidates``（{ヒント: 値}）のどれかに一致すれば、そのヒントを返します。"""
-    try:
-        got = np.asarray(actual, dtype=np.float64)
-    except Exception:
-        return default
-    for hint, value in candidates.items():
-        value = np.asarray(value, dtype=np.float64)
-        if got.shape == value.shape and np.allclose(got, value, rtol=rtol, atol=atol, equal_nan=True):
-            return hint
-    return default
 
 
 # --- 練習 11-1: ラベルスムージング ----------------------------------------------------------------
