@@ -1,25 +1,11 @@
 """mini_dl: 本書で一歩ずつ作る、小さくて速いディープラーニングフレームワーク。"""
-from mini_dl import cuda, datasets, functions, initializers, layers, models, optimizers, utils
-from mini_dl.core import (
-    Config,
-    Function,
-    Parameter,
-    Variable,
-    add,
-    as_array,
-    as_variable,
-    div,
-    matmul,
-    mul,
-    neg,
-    no_grad,
-    pow,
-    sub,
-    using_config,
-)
-from mini_dl.functions import cos, exp, log, sin, square, tanh
+from mini_dl import cuda, datasets, functions, initializers, layers, models, optimizers, serialization, utils
+from mini_dl.core import Config, Function, Parameter, Variable, as_array, as_variable, backward, no_grad, using_config
+from mini_dl.functions import add, cos, div, exp, log, matmul, mul, neg, pow, setup_variable, sin, square, sub, tanh
 from mini_dl.datasets import DataLoader
 from mini_dl.utils import gradient_check, numerical_diff, numerical_grad
+
+setup_variable()  # Variable に演算子（+ - * / ** @ と添字）とテンソルのメソッドを取り付ける
 
 __version__ = "0.1.0"
 
@@ -32,6 +18,7 @@ __all__ = [
     "add",
     "as_array",
     "as_variable",
+    "backward",
     "cos",
     "cuda",
     "datasets",
@@ -51,6 +38,7 @@ __all__ = [
     "numerical_grad",
     "optimizers",
     "pow",
+    "serialization",
     "sin",
     "square",
     "sub",

@@ -1,8 +1,11 @@
-"""mini_dl の心臓部: 変数 ``Variable``、関数 ``Function``、四則演算、テンソルの形を変える関数と行列積。
+"""mini_dl の心臓部: 変数 ``Variable``、関数 ``Function``、それらをたどる逆伝播 ``backward``。
 
 第3章で作り、第4章で逆伝播を自動化し、第5章でメモリとモード（``Config``・``no_grad``）を、
-第6章で演算子と四則演算を、第7章で高階微分（``create_graph``）を、第8章でテンソルの形を扱う関数
-（reshape・transpose・sum・添字・行列積）と ``Parameter``（第9章）を加えた形です。
+第7章で高階微分（``create_graph``）を加えた形です。
+
+演算子（``x + y``）やテンソルのメソッド（``x.reshape(2, 3)``）の中身は ``mini_dl.functions`` にあり、
+``mini_dl`` を import したときに ``setup_variable`` が ``Variable`` に取り付けます（第8章）。
+このモジュールは ``functions`` を import しないので、import の向きは ``cuda → core → functions`` の一方向です。
 """
 import contextlib
 import heapq
@@ -114,32 +117,6 @@ class Variable:
         """中身の配列の dtype です。"""
         return self.data.dtype
 
-    @property
-    def T(self):
-        """転置（軸の順番をすべて逆にしたもの）です。"""
-        return transpose(self)
-
-    def reshape(self, *shape):
-        """shape を変えた変数を返します（``x.reshape(2, 3)`` と ``x.reshape((2, 3))`` のどちらでも）。"""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = shape[0]
-        return reshape(self, shape)
-
-    def transpose(self, *axes):
-        """軸を並べ替えた変数を返します（引数なしなら順番をすべて逆に）。"""
-        if len(axes) == 0:
-            axes = None
-        elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = axes[0]
-        return transpose(self, axes)
-
-    def sum(self, axis=None, keepdims=False):
-        """要素の和を返します。"""
-        return sum(self, axis, keepdims)
-
-    def __getitem__(self, slices):
-        return get_item(self, slices)
-
     def to_cpu(self):
         """中身の配列を CPU（NumPy）に移します。自分自身を返します。"""
         if self.data is not None:
@@ -161,42 +138,6 @@ class Variable:
         body = str(self.data).replace("\n", "\n" + " " * len("variable("))
         return f"variable({body})"
 
-    def __neg__(self):
-        return neg(self)
-
-    def __add__(self, other):
-        return add(self, other)
-
-    def __radd__(self, other):
-        return add(other, self)
-
-    def __sub__(self, other):
-        return sub(self, other)
-
-    def __rsub__(self, other):
-        return sub(other, self)
-
-    def __mul__(self, other):
-        return mul(self, other)
-
-    def __rmul__(self, other):
-        return mul(other, self)
-
-    def __truediv__(self, other):
-        return div(self, other)
-
-    def __rtruediv__(self, other):
-        return div(other, self)
-
-    def __pow__(self, c):
-        return pow(self, c)
-
-    def __matmul__(self, other):
-        return matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return matmul(other, self)
-
     def set_creator(self, func):
         """この変数を作った関数 ``func`` を記録し、世代を ``func`` の世代 + 1 にします。"""
         self.creator = func
@@ -206,15 +147,42 @@ class Variable:
         """勾配を消します（同じ変数で別の計算を微分し直す前に呼びます）。"""
         self.grad = None
 
+    def detach(self):
+        """同じ配列を中身に持ち、計算グラフにつながっていない新しい変数を返します（PyTorch の ``detach``）。
+
+        配列はコピーせずに共有します。返した変数から先の計算を微分しても、``self`` より入力側には
+        勾配が流れません。
+        """
+        return Variable(self.data, name=self.name)
+
+    def unchain_backward(self):
+        """この変数から入力側へ計算グラフをさかのぼり、つながりをすべて断ちます。
+
+        この変数も、たどった途中の変数も ``creator`` が ``None`` になり、計算グラフの根になります
+        （Chainer と同じ意味です）。どこからも参照されなくなった関数と途中の配列は、その場で解放されます。
+        RNN の「打ち切り BPTT」（第17章）で、学習済みの過去の計算を切り離すのに使います。
+        """
+        funcs = [] if self.creator is None else [self.creator]
+        seen = set(funcs)
+        self.creator = None
+        while funcs:
+            f = funcs.pop()
+            for x in f.inputs:
+                if x.creator is not None and x.creator not in seen:
+                    seen.add(x.creator)
+                    funcs.append(x.creator)
+                x.creator = None
+
     def backward(self, retain_grad=False, create_graph=False):
         """この変数から計算グラフをさかのぼり、入力側の変数の ``grad`` を求めます。
 
-        関数は世代（generation）の大きい順、つまり出力に近い順に 1 回ずつ呼びます。
-        同じ変数に複数の道から勾配が届いたときは、足し合わせます。
+        ``mini_dl.backward([self])`` と同じです。関数は世代（generation）の大きい順、つまり出力に近い順に
+        1 回ずつ呼び、同じ変数に複数の道から届いた勾配は足し合わせます。
 
         ``grad`` が未設定なら、出発点の勾配を 1 とします。これができるのは要素が
         1 個の変数（損失など）だけです。それ以外の変数から始めるときは、先に
         ``grad`` に出力側の勾配を入れておきます（PyTorch と同じ規則です）。
+        ``grad`` に入れた数や配列は、この変数と同じ dtype・同じ配列モジュールにそろえます。
 
         Args:
             retain_grad (bool): ``False`` なら、途中の変数（関数の出力）の勾配は使い終わったら
@@ -226,68 +194,7 @@ class Variable:
             ValueError: ``grad`` が未設定で ``data`` の要素が 1 個ではないとき、
                 または ``grad`` の shape が ``data`` と違うとき。
         """
-        if self.grad is None:
-            if self.data.size != 1:
-                raise ValueError(
-                    f"backward() を grad なしで呼べるのは、要素が 1 個の変数だけです"
-                    f"（この変数の shape: {self.data.shape}）。"
-                    f"先に grad に出力側の勾配を入れてください。"
-                )
-            xp = cuda.get_array_module(self.data)
-            self.grad = Variable(xp.ones_like(self.data))
-        elif not isinstance(self.grad, Variable):
-            self.grad = Variable(as_array(self.grad))
-        if self.grad.shape != self.data.shape:
-            raise ValueError(
-                f"grad の shape {self.grad.shape} が data の shape {self.data.shape} と違います"
-            )
-
-        funcs = []  # (-世代, 追加した順番, 関数) のヒープ: 世代の大きい関数から取り出す
-        seen = set()
-        order = itertools.count()
-
-        def add_func(f):
-            if f not in seen:
-                seen.add(f)
-                heapq.heappush(funcs, (-f.generation, next(order), f))
-
-        if self.creator is not None:
-            add_func(self.creator)
-        # 逆伝播の計算そのものを計算グラフに記録するのは、create_graph=True のときだけ
-        with using_config("enable_backprop", create_graph):
-            while funcs:
-                _, _, f = heapq.heappop(funcs)
-                outputs = [ref() for ref in f.outputs]  # 弱参照から出力を取り出す（消えていれば None）
-                gys = [_output_grad(f, i, y) for i, y in enumerate(outputs)]
-                gxs = f.backward(*gys)
-                if not isinstance(gxs, tuple):
-                    gxs = (gxs,)
-                if len(gxs) != len(f.inputs):
-                    raise ValueError(
-                        f"{type(f).__name__}.backward は入力の数（{len(f.inputs)} 個）だけ勾配を返します"
-                        f"（返ってきた数: {len(gxs)} 個）"
-                    )
-                for x, gx in zip(f.inputs, gxs):
-                    if gx is None:
-                        continue  # 微分しない入力（正解ラベルなど）の勾配は None
-                    if not isinstance(gx, Variable):
-                        gx = Variable(as_array(gx))
-                    if gx.shape != x.shape:
-                        raise ValueError(
-                            f"{type(f).__name__}.backward が返した勾配の shape {gx.shape} が、"
-                            f"入力の shape {x.shape} と違います"
-                        )
-                    if x.grad is None:
-                        x.grad = gx
-                    else:
-                        x.grad = x.grad + gx  # 複数の道から届いた勾配は足し合わせる
-                    if x.creator is not None:
-                        add_func(x.creator)
-
-                if not retain_grad:
-                    for y in outputs:
-                        if y is not None:
-                            y.grad = None  # 途中の変数の勾配は使い終わったので消す
+        backward([self], [self.grad], retain_grad=retain_grad, create_graph=create_graph)
 
 
 class Parameter(Variable):
@@ -401,409 +308,99 @@ def as_variable(obj):
     return Variable(obj)
 
 
-def as_operands(x0, x1):
-    """2 項演算の入力を ``Variable`` に揃えます。
+def backward(outputs, grads=None, retain_grad=False, create_graph=False):
+    """出力 ``outputs`` から計算グラフをさかのぼり、入力側の変数の ``grad`` を求めます。
 
-    Python の数値は、相手と同じ配列モジュール（NumPy か CuPy）の、NumPy の規則どおりの dtype の
-    配列にします。``x * 2.0`` は、``x`` が float16 なら float16、float32 なら float32 のままです
-    （NumPy 2 の規則では、0 次元でも配列にした数値は型を持つ値として扱われ、相手を昇格させるためです）。
+    ``Variable.backward`` の中身です。出力が複数あっても 1 回の逆伝播で済みます（PyTorch の
+    ``torch.autograd.backward(tensors, grad_tensors)`` と同じ働きです）。関数は世代の大きい順に
+    1 回ずつ呼び、同じ変数に複数の道から届いた勾配は足し合わせます。足すときは新しい配列を作るので、
+    勾配の配列がその場で書き換わることはありません。
 
     Args:
-        x0: 左の入力（``Variable``、配列、または数値）。
-        x1: 右の入力（同上）。
-
-    Returns:
-        tuple[Variable, Variable]: 揃えた 2 つの入力。
+        outputs: 出発点の変数（``Variable`` か、そのリスト）。
+        grads: 出力ごとの出発点の勾配（``Variable``・配列・数・``None`` のリスト。出力が 1 つなら
+            リストでなくても構いません）。``None`` なら、その出力の ``grad`` を使い、それも ``None`` なら
+            要素が 1 個の出力に限って 1 とします。数や配列は、その出力と同じ dtype・配列モジュールにします。
+        retain_grad (bool): ``False`` なら、途中の変数の勾配は使い終わったら消します。
+        create_graph (bool): ``True`` なら、逆伝播の計算も計算グラフに記録します（高階微分）。
 
     Raises:
-        ValueError: 2 つの shape がブロードキャストできないとき。
+        ValueError: 出発点の勾配が決められないとき、shape が合わないとき、
+            関数の ``backward`` が入力の数と違う個数や違う shape の勾配を返したとき。
     """
-    if not isinstance(x1, Variable):  # よくある「Variable と Variable」は、ここを飛ばす
-        x1 = Variable(_scalar_like(x1, x0)) if _is_python_number(x1) and isinstance(x0, Variable) else as_variable(x1)
-    if not isinstance(x0, Variable):
-        x0 = Variable(_scalar_like(x0, x1)) if _is_python_number(x0) else as_variable(x0)
-    if x0.data.shape != x1.data.shape:
-        try:
-            np.broadcast_shapes(x0.shape, x1.shape)
-        except ValueError:
+    if isinstance(outputs, Variable):
+        outputs = [outputs]
+    if grads is None or not isinstance(grads, (list, tuple)):
+        grads = [grads] * len(outputs) if grads is None else [grads]
+    if len(grads) != len(outputs):
+        raise ValueError(f"grads の数（{len(grads)} 個）を outputs の数（{len(outputs)} 個）と同じにしてください")
+
+    funcs = []  # (-世代, 追加した順番, 関数) のヒープ: 世代の大きい関数から取り出す
+    seen = set()
+    order = itertools.count()
+
+    def add_func(f):
+        if f not in seen:
+            seen.add(f)
+            heapq.heappush(funcs, (-f.generation, next(order), f))
+
+    seeded = set()
+    for y, gy in zip(outputs, grads):
+        g = _seed_grad(y, y.grad if gy is None else gy)
+        y.grad = y.grad + g if id(y) in seeded else g  # 同じ出力が 2 回あれば、出発点の勾配を足す
+        seeded.add(id(y))
+        if y.creator is not None:
+            add_func(y.creator)
+    # 逆伝播の計算そのものを計算グラフに記録するのは、create_graph=True のときだけ
+    with using_config("enable_backprop", create_graph):
+        while funcs:
+            _, _, f = heapq.heappop(funcs)
+            ys = [ref() for ref in f.outputs]  # 弱参照から出力を取り出す（消えていれば None）
+            gys = [_output_grad(f, i, y) for i, y in enumerate(ys)]
+            gxs = f.backward(*gys)
+            if not isinstance(gxs, tuple):
+                gxs = (gxs,)
+            if len(gxs) != len(f.inputs):
+                raise ValueError(
+                    f"{type(f).__name__}.backward は入力の数（{len(f.inputs)} 個）だけ勾配を返します"
+                    f"（返ってきた数: {len(gxs)} 個）"
+                )
+            for x, gx in zip(f.inputs, gxs):
+                if gx is None:
+                    continue  # 微分しない入力（正解ラベルなど）の勾配は None
+                if not isinstance(gx, Variable):
+                    gx = Variable(as_array(gx))
+                if gx.shape != x.shape:
+                    raise ValueError(
+                        f"{type(f).__name__}.backward が返した勾配の shape {gx.shape} が、"
+                        f"入力の shape {x.shape} と違います"
+                    )
+                if x.grad is None:
+                    x.grad = gx
+                else:
+                    x.grad = x.grad + gx  # 複数の道から届いた勾配は、新しい配列に足し合わせる
+                if x.creator is not None:
+                    add_func(x.creator)
+
+            if not retain_grad:
+                for y in ys:
+                    if y is not None:
+                        y.grad = None  # 途中の変数の勾配は使い終わったので消す
+
+
+def _seed_grad(y, g):
+    """出発点の勾配 ``g`` を、``y`` と同じ shape・dtype・配列モジュールの ``Variable`` にします。"""
+    xp = cuda.get_array_module(y.data)
+    if g is None:
+        if y.data.size != 1:
             raise ValueError(
-                f"shape {x0.shape} と {x1.shape} はブロードキャストできません"
-                f"（後ろの軸から比べて、長さが同じか、どちらかが 1 である必要があります）"
-            ) from None
-    return x0, x1
-
-
-def _is_python_number(c):
-    return isinstance(c, (int, float)) and not isinstance(c, (bool, np.generic))
-
-
-def _scalar_like(c, x):
-    """Python の数値 ``c`` を、変数 ``x`` と同じ配列モジュール・NumPy の規則どおりの dtype の 0 次元配列にします。"""
-    xp = cuda.get_array_module(x.data)
-    return xp.asarray(c, dtype=np.result_type(x.dtype, c))
-
-
-# --- 形を合わせる関数（ブロードキャストの逆伝播に使います） ---------------------------------
-
-def sum_to_array(x, shape):
-    """配列 ``x`` の要素を足し合わせて、``shape`` にします（ブロードキャストの逆）。
-
-    Args:
-        x: 配列。
-        shape (tuple): 結果の shape。``x`` の shape にブロードキャストできる形。
-
-    Returns:
-        ndarray: shape が ``shape`` の配列。
-    """
-    lead = x.ndim - len(shape)  # 前に足された軸の数
-    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
-    y = x.sum(axis=axes, keepdims=True) if axes else x
-    if lead > 0:
-        y = y.reshape(shape)  # (1, ..., 1, *shape) -> shape
-    return y
-
-
-class BroadcastTo(Function):
-    """配列を ``shape`` にブロードキャストします。逆伝播は ``sum_to`` です。"""
-
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-    def forward(self, x):
-        xp = cuda.get_array_module(x)
-        return xp.broadcast_to(x, self.shape)
-
-    def backward(self, gy):
-        return sum_to(gy, self.inputs[0].shape)
-
-
-class SumTo(Function):
-    """要素を足し合わせて ``shape`` にします。逆伝播は ``broadcast_to`` です。"""
-
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-    def forward(self, x):
-        return sum_to_array(x, self.shape)
-
-    def backward(self, gy):
-        return broadcast_to(gy, self.inputs[0].shape)
-
-
-def broadcast_to(x, shape):
-    """``x`` を ``shape`` にブロードキャストします（shape が同じなら ``x`` をそのまま返します）。"""
-    if x.shape == tuple(shape):
-        return as_variable(x)
-    return BroadcastTo(shape)(x)
-
-
-def sum_to(x, shape):
-    """``x`` の要素を足し合わせて ``shape`` にします（shape が同じなら ``x`` をそのまま返します）。"""
-    if x.shape == tuple(shape):
-        return as_variable(x)
-    return SumTo(shape)(x)
-
-
-# --- 四則演算 ------------------------------------------------------------------------------
-
-class Add(Function):
-    r"""足し算 :math:`y = x_0 + x_1`。どちらの入力についての微分も 1 です。
-
-    shape が違えばブロードキャストし、逆伝播では勾配を ``sum_to`` で入力の shape に戻します。
-    """
-
-    def forward(self, x0, x1):
-        y = x0 + x1
-        return y
-
-    def backward(self, gy):
-        x0, x1 = self.inputs
-        return sum_to(gy, x0.shape), sum_to(gy, x1.shape)
-
-
-class Mul(Function):
-    r"""掛け算 :math:`y = x_0 x_1`。微分は :math:`\frac{\partial y}{\partial x_0} = x_1,\ \frac{\partial y}{\partial x_1} = x_0` です。"""
-
-    def forward(self, x0, x1):
-        y = x0 * x1
-        return y
-
-    def backward(self, gy):
-        x0, x1 = self.inputs
-        return sum_to(gy * x1, x0.shape), sum_to(gy * x0, x1.shape)
-
-
-class Neg(Function):
-    r"""符号の反転 :math:`y = -x`。微分は :math:`-1` です。"""
-
-    def forward(self, x):
-        return -x
-
-    def backward(self, gy):
-        return -gy
-
-
-class Sub(Function):
-    r"""引き算 :math:`y = x_0 - x_1`。微分は :math:`1` と :math:`-1` です。"""
-
-    def forward(self, x0, x1):
-        y = x0 - x1
-        return y
-
-    def backward(self, gy):
-        x0, x1 = self.inputs
-        return sum_to(gy, x0.shape), sum_to(-gy, x1.shape)
-
-
-class Div(Function):
-    r"""割り算 :math:`y = x_0 / x_1`。微分は :math:`\frac{1}{x_1}` と :math:`-\frac{x_0}{x_1^2}` です。"""
-
-    def forward(self, x0, x1):
-        y = x0 / x1
-        return y
-
-    def backward(self, gy):
-        x0, x1 = self.inputs
-        gx0 = gy / x1
-        gx1 = gy * (-x0 / x1 ** 2)
-        return sum_to(gx0, x0.shape), sum_to(gx1, x1.shape)
-
-
-class Pow(Function):
-    r"""累乗 :math:`y = x^c`（:math:`c` は定数）。微分は :math:`c x^{c-1}` です。"""
-
-    def __init__(self, c):
-        self.c = c
-
-    def forward(self, x):
-        y = x ** self.c
-        return y
-
-    def backward(self, gy):
-        x = self.inputs[0]
-        c = self.c
-        gx = c * x ** (c - 1) * gy
-        return gx
-
-
-def neg(x):
-    """``-x`` を計算します。"""
-    return Neg()(x)
-
-
-def add(x0, x1):
-    """``x0 + x1`` を計算します（どちらかが配列や数値でも構いません。shape はブロードキャストします）。
-
-    Args:
-        x0: 1 つ目の入力（``Variable``、配列、または数値）。
-        x1: 2 つ目の入力（同上）。
-
-    Returns:
-        Variable: ``x0 + x1``。
-    """
-    x0, x1 = as_operands(x0, x1)
-    return Add()(x0, x1)
-
-
-def sub(x0, x1):
-    """``x0 - x1`` を計算します（``add`` と同じく、配列・数値・ブロードキャストに対応します）。"""
-    x0, x1 = as_operands(x0, x1)
-    return Sub()(x0, x1)
-
-
-def mul(x0, x1):
-    """``x0 * x1`` を計算します（``add`` と同じく、配列・数値・ブロードキャストに対応します）。"""
-    x0, x1 = as_operands(x0, x1)
-    return Mul()(x0, x1)
-
-
-def div(x0, x1):
-    """``x0 / x1`` を計算します（``add`` と同じく、配列・数値・ブロードキャストに対応します）。"""
-    x0, x1 = as_operands(x0, x1)
-    return Div()(x0, x1)
-
-
-def pow(x, c):
-    """``x ** c`` を計算します。
-
-    Args:
-        x (Variable): 底。
-        c (int | float): 指数（定数）。
-
-    Raises:
-        TypeError: ``c`` が Python の数値でないとき（``Variable`` の指数には対応していません）。
-    """
-    if not isinstance(c, (int, float)) or isinstance(c, bool):
-        raise TypeError(f"** の指数には Python の数値を渡してください（受け取った型: {type(c).__name__}）")
-    return Pow(c)(x)
-
-
-# --- テンソルの形を変える関数と行列積（第8章） -------------------------------------------
-
-class Reshape(Function):
-    """要素の並びはそのままに、shape だけを変えます。逆伝播は元の shape に戻すだけです。"""
-
-    def __init__(self, shape):
-        self.shape = shape
-
-    def forward(self, x):
-        return x.reshape(self.shape)
-
-    def backward(self, gy):
-        return reshape(gy, self.inputs[0].shape)
-
-
-class Transpose(Function):
-    """軸を並べ替えます（``axes`` が ``None`` なら順番をすべて逆に）。逆伝播は逆の並べ替えです。"""
-
-    def __init__(self, axes=None):
-        self.axes = axes
-
-    def forward(self, x):
-        xp = cuda.get_array_module(x)
-        return xp.transpose(x, self.axes)
-
-    def backward(self, gy):
-        if self.axes is None:
-            return transpose(gy)
-        inverse = tuple(int(i) for i in np.argsort([a % gy.ndim for a in self.axes]))
-        return transpose(gy, inverse)
-
-
-class Sum(Function):
-    """要素の和（``axis`` で軸を選べます）。逆伝播は、勾配を元の shape にブロードキャストします。"""
-
-    def __init__(self, axis=None, keepdims=False):
-        self.axis = axis
-        self.keepdims = keepdims
-
-    def forward(self, x):
-        return x.sum(axis=self.axis, keepdims=self.keepdims)
-
-    def backward(self, gy):
-        x = self.inputs[0]
-        gy = reshape(gy, _keepdims_shape(x.shape, self.axis, self.keepdims, gy.shape))
-        return broadcast_to(gy, x.shape)
-
-
-def _keepdims_shape(x_shape, axis, keepdims, y_shape):
-    """``sum(axis)`` で消えた軸を長さ 1 で戻した shape（ブロードキャストで元の shape に広げられる形）。"""
-    if keepdims or axis is None and len(y_shape) == len(x_shape):
-        return y_shape
-    axes = range(len(x_shape)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
-    axes = {a % len(x_shape) for a in axes}
-    return tuple(1 if i in axes else n for i, n in enumerate(x_shape))
-
-
-class GetItem(Function):
-    """添字で要素を取り出します（``x[1]``、``x[:, 0]``、``x[[0, 0, 2]]`` など）。
-
-    逆伝播では、取り出した場所に勾配を戻します。同じ要素を何回も取り出したときは、
-    その回数分の勾配を足し合わせます（``GetItemGrad``）。
-    """
-
-    def __init__(self, slices):
-        self.slices = slices
-
-    def forward(self, x):
-        return x[self.slices]
-
-    def backward(self, gy):
-        x = self.inputs[0]
-        return GetItemGrad(self.slices, x.shape)(gy)
-
-
-class GetItemGrad(Function):
-    """``GetItem`` の逆伝播: 形 ``in_shape`` の 0 の配列の ``slices`` の場所に、勾配を足し込みます。"""
-
-    def __init__(self, slices, in_shape):
-        self.slices = slices
-        self.in_shape = in_shape
-
-    def forward(self, gy):
-        xp = cuda.get_array_module(gy)
-        gx = xp.zeros(self.in_shape, dtype=gy.dtype)
-        cuda.scatter_add(gx, self.slices, gy)  # 同じ添字が何回出てきても、その分だけ足す
-        return gx
-
-    def backward(self, ggx):
-        return get_item(ggx, self.slices)
-
-
-class MatMul(Function):
-    r"""行列積 :math:`Y = X W`（NumPy の ``@`` と同じ規則: 1 次元や、前の軸がバッチの配列も扱います）。
-
-    勾配は :math:`\frac{\partial L}{\partial X} = G W^\top,\ \frac{\partial L}{\partial W} = X^\top G`
-    （:math:`G = \frac{\partial L}{\partial Y}`）です。バッチの軸がブロードキャストされたときは、
-    ``sum_to`` で入力の shape に戻します。
-
-    Shape:
-        X: (..., N, D)、W: (..., D, H) -> Y: (..., N, H)。1 次元の X は (1, D)、W は (D, 1) とみなします。
-    """
-
-    def forward(self, x, W):
-        y = x @ W
-        return y
-
-    def backward(self, gy):
-        x, W = self.inputs
-        x2 = x if x.ndim > 1 else reshape(x, (1, -1))  # (D,) -> (1, D)
-        W2 = W if W.ndim > 1 else reshape(W, (-1, 1))  # (D,) -> (D, 1)
-        batch = np.broadcast_shapes(x2.shape[:-2], W2.shape[:-2])
-        g = reshape(gy, batch + (x2.shape[-2], W2.shape[-1]))  # (..., N, H)
-        gx = sum_to(matmul(g, _swap_last(W2)), x2.shape)  # (..., N, H) @ (..., H, D) -> (..., N, D)
-        gW = sum_to(matmul(_swap_last(x2), g), W2.shape)  # (..., D, N) @ (..., N, H) -> (..., D, H)
-        return reshape(gx, x.shape), reshape(gW, W.shape)
-
-
-def _swap_last(x):
-    """最後の 2 つの軸を入れ替えます（バッチの行列それぞれの転置）。"""
-    axes = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
-    return transpose(x, axes)
-
-
-def reshape(x, shape):
-    """``x`` の shape を ``shape`` に変えます（``-1`` は残りの要素数から決まります）。"""
-    if x.shape == tuple(shape):
-        return as_variable(x)
-    return Reshape(tuple(shape))(x)
-
-
-def transpose(x, axes=None):
-    """``x`` の軸を ``axes`` の順に並べ替えます（``None`` なら順番をすべて逆に）。"""
-    return Transpose(None if axes is None else tuple(axes))(x)
-
-
-def sum(x, axis=None, keepdims=False):
-    """``x`` の要素の和を計算します（``axis`` は int か int のタプル）。"""
-    return Sum(axis, keepdims)(x)
-
-
-def get_item(x, slices):
-    """``x[slices]`` を取り出します（勾配は取り出した場所に戻ります）。"""
-    return GetItem(slices)(x)
-
-
-def matmul(x, W):
-    """行列積 ``x @ W`` を計算します（NumPy の ``@`` と同じ shape の規則）。
-
-    Args:
-        x: shape (..., N, D) または (D,) の ``Variable`` または配列。
-        W: shape (..., D, H) または (D,) の ``Variable`` または配列。
-
-    Returns:
-        Variable: 行列積。2 次元どうしなら shape (N, H)。
-
-    Raises:
-        ValueError: 0 次元の入力や、``x`` の最後の軸と ``W`` の行の長さが違うとき。
-    """
-    x, W = as_variable(x), as_variable(W)
-    if x.ndim == 0 or W.ndim == 0:
-        raise ValueError(f"matmul に 0 次元の配列は使えません（受け取った shape: {x.shape} と {W.shape}）")
-    d_w = W.shape[0] if W.ndim == 1 else W.shape[-2]
-    if x.shape[-1] != d_w:
-        raise ValueError(
-            f"matmul の shape が合いません: {x.shape} @ {W.shape}"
-            f"（左の最後の軸の長さ {x.shape[-1]} と右の行数 {d_w} が同じである必要があります）"
-        )
-    return MatMul()(x, W)
+                f"backward() を grad なしで呼べるのは、要素が 1 個の変数だけです"
+                f"（この変数の shape: {y.data.shape}）。"
+                f"先に grad に出力側の勾配を入れてください。"
+            )
+        return Variable(xp.ones_like(y.data))
+    if not isinstance(g, Variable):
+        g = Variable(xp.asarray(g, dtype=y.dtype))  # 1.0 や float64 の配列も、y の dtype にそろえる
+    if g.shape != y.shape:
+        raise ValueError(f"grad の shape {g.shape} が data の shape {y.data.shape} と違います")
+    return g

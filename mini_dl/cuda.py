@@ -35,19 +35,22 @@ def is_available():
 def get_array_module(x):
     """``x`` を扱うべき配列モジュール（``numpy`` か ``cupy``）を返します。
 
+    ``Variable`` は中身の配列で判断します。このモジュールは ``mini_dl.core`` を import しない
+    （import の向きを ``cuda → core`` の一方向に保つ）ので、``Variable`` かどうかは型ではなく、
+    配列でないものの ``data`` 属性を見て判断します。演算のたびに呼ばれるので、いちばん多い
+    NumPy の配列を最初に調べます。
+
     Args:
         x: ``numpy.ndarray``・``cupy.ndarray``・``Variable``・スカラーのいずれか。
 
     Returns:
-        module: ``x`` が GPU 上の配列なら ``cupy``、それ以外は ``numpy``。
+        module: ``x`` が GPU 上の配列（を持つ ``Variable``）なら ``cupy``、それ以外は ``numpy``。
     """
-    from mini_dl.core import Variable
-
-    if isinstance(x, Variable):
-        x = x.data
-    if cupy is None:
+    if cupy is None or isinstance(x, np.ndarray):
         return np
-    return cupy.get_array_module(x)
+    if isinstance(x, cupy.ndarray):
+        return cupy
+    return cupy if isinstance(getattr(x, "data", None), cupy.ndarray) else np
 
 
 def as_numpy(x):
@@ -84,22 +87,3 @@ def as_cupy(x):
             "GPU のあるマシンで `pip install -e \".[gpu]\"` を実行してください。"
         )
     return cupy.asarray(x)
-
-
-def scatter_add(a, slices, values):
-    """``a[slices] += values`` を、同じ添字が何回出てきても正しく足し込みます（``a`` を書き換えます）。
-
-    NumPy の ``a[idx] += v`` は、``idx`` に同じ添字が重なると 1 回分しか足しません。
-    CPU では ``numpy.add.at``、GPU では ``cupyx.scatter_add`` を使います。
-
-    Args:
-        a: 足し込まれる配列（NumPy か CuPy）。
-        slices: 添字（整数・スライス・整数配列・それらのタプル）。
-        values: 足す値（``a[slices]`` にブロードキャストできる shape）。
-    """
-    if isinstance(a, np.ndarray):
-        np.add.at(a, slices, values)
-    else:
-        import cupyx
-
-        cupyx.scatter_add(a, slices, values)

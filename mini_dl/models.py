@@ -2,33 +2,16 @@
 import mini_dl.functions as F
 import mini_dl.layers as L
 from mini_dl import initializers
-from mini_dl.layers import Layer
+from mini_dl.layers.base import Layer
 
 
 class Model(Layer):
-    """モデルの基底クラスです。``Layer`` に、学習モードと推論モードの切り替えを足します。
+    """モデルの基底クラスです。
 
-    ``train()`` と ``eval()`` は、自分と中のすべての層の ``training`` を切り替えます。
-    ドロップアウトやバッチ正規化のように、学習と推論で振る舞いが変わる層が使います。
+    中身は ``Layer`` と同じで、「層を組み合わせた学習の単位」であることを名前で示します
+    （PyTorch ではどちらも ``nn.Module`` です）。学習モードと推論モードの切り替え ``train()``・``eval()``
+    は、すべての ``Layer`` にあり、入れ子になった層まで切り替えます。
     """
-
-    def train(self, mode=True):
-        """学習モードにします（``mode=False`` なら推論モード）。自分自身を返します。"""
-        for layer in self._layers():
-            layer.training = mode
-        return self
-
-    def eval(self):
-        """推論モードにします。自分自身を返します。"""
-        return self.train(False)
-
-    def _layers(self):
-        """自分と、中のすべての層（入れ子も）を返します。"""
-        yield self
-        for name in self._params:
-            obj = self.__dict__[name]
-            if isinstance(obj, Layer):
-                yield from Model._layers(obj)
 
 
 class Sequential(Model):
@@ -64,7 +47,7 @@ class MLP(Model):
         x: (N, D) -> y: (N, sizes[-1])
     """
 
-    def __init__(self, sizes, activation=F.sigmoid, initializer=initializers.lecun_normal, seed=None):
+    def __init__(self, sizes, *, activation=F.sigmoid, initializer=initializers.lecun_normal, seed=None):
         super().__init__()
         self.activation = activation
         self.layers = []

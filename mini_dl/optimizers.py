@@ -3,10 +3,23 @@ r"""最適化手法（``mini_dl.optimizers``）。
 使い方は ``opt = optimizers.Adam(lr=0.001).setup(model)`` として、``loss.backward()`` のあとに
 ``opt.update()`` を呼びます。更新は ``param.data`` をその場で書き換え、float32 のパラメータは
 float32 のまま更新します（ハイパーパラメータは Python の数なので、NumPy 2 の規則で dtype を変えません）。
+
+勾配の配列 ``param.grad.data`` には、最適化手法もフックも **決して書き込みません**。逆伝播では、1 つの
+勾配が複数のパラメータに共有されたり（``b1 + b2`` の ``Add`` は同じ勾配を両方に渡します）、書き込めない
+ビュー（``F.sum`` の逆伝播の ``broadcast_to``）だったりするからです。勾配を変えるフックは、新しい配列を
+作って ``param.grad = Variable(新しい配列)`` と入れ直します。
+
+PyTorch との対応: ``SGD``・``MomentumSGD``（``momentum``・``nesterov``）・``AdaGrad``・``RMSprop``・``Adam``・
+``AdamW`` は ``torch.optim`` の同名の手法（``MomentumSGD`` は ``torch.optim.SGD(momentum=...)``）と同じ式です。
+``WeightDecay`` は ``torch.optim.SGD(weight_decay=...)`` などの L2 の項、``ClipGrad`` は
+``torch.nn.utils.clip_grad_norm_`` にあたります。
 """
 import math
+import numbers
 
 from mini_dl import cuda
+from mini_dl.core import Variable
+from mini_dl.layers import Layer
 
 
 class Optimizer:
@@ -21,6 +34,11 @@ class Optimizer:
     """
 
     def __init__(self, lr):
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+            raise TypeError(
+                f"{type(self).__name__} の最初の引数 lr には学習率（数）を渡してください"
+                f"（受け取ったのは {type(lr).__name__}）。PyTorch の torch.optim.Adam(model.parameters()) のように"
+                f"パラメータを渡すのではなく、モデルは setup に渡します: {type(self).__name__}(lr=...).setup(model)")
         self.lr = lr
         self.target = None
         self.hooks = []
@@ -28,12 +46,29 @@ class Optimizer:
         self.t = 0  # update の回数
 
     def setup(self, target):
-        """更新する対象を覚えます。自分自身を返すので ``Adam().setup(model)`` と書けます。"""
+        """更新する対象を覚えます。自分自身を返すので ``Adam().setup(model)`` と書けます。
+
+        Args:
+            target (Layer): 更新する層かモデル（``mini_dl.layers.Layer`` のインスタンス）。
+
+        Raises:
+            TypeError: ``target`` が ``Layer`` ではないとき（パラメータのリストや ``model.params()``、
+                ``Variable``、関数など）。
+        """
+        if not isinstance(target, Layer):
+            raise TypeError(
+                f"setup には層かモデル（mini_dl.layers.Layer のインスタンス）を渡してください"
+                f"（受け取ったのは {type(target).__name__}）。パラメータのリストや model.params() ではなく、"
+                f"モデルそのものを {type(self).__name__}(...).setup(model) のように渡します。")
         self.target = target
         return self
 
     def add_hook(self, hook):
-        """``hook(params)`` を、更新の前に呼ぶように登録します。自分自身を返します。"""
+        """``hook(params)`` を、更新の前に呼ぶように登録します。自分自身を返します。
+
+        フックは勾配の配列に書き込まず、変えるときは ``param.grad = Variable(新しい配列)`` と入れ直します
+        （勾配は複数のパラメータに共有されていることも、書き込めないビューのこともあるからです）。
+        """
         self.hooks.append(hook)
         return self
 
@@ -72,8 +107,12 @@ class SGD(Optimizer):
 class MomentumSGD(Optimizer):
     r"""モーメンタム付き SGD: :math:`v \leftarrow \mu v + g,\ W \leftarrow W - \eta v`。
 
-    ``nesterov=True`` なら Nesterov のモーメンタム :math:`W \leftarrow W - \eta (g + \mu v)` にします
-    （PyTorch の ``SGD(momentum, nesterov=True)`` と同じ式です）。
+    ``nesterov=True`` なら Nesterov のモーメンタム :math:`W \leftarrow W - \eta (g + \mu v)` にします。
+
+    PyTorch との対応: ``torch.optim.SGD(lr, momentum=μ, nesterov=...)``（``dampening=0``）と同じ式です
+    （PyTorch の ``momentum`` の既定は 0 なので、PyTorch では明示します）。DeZero・Chainer の
+    :math:`v \leftarrow \mu v - \eta g,\ W \leftarrow W + v` は、学習率が一定なら同じ更新ですが、
+    学習率を途中で変える（スケジューラ）と、DeZero の形では古い学習率が速度に残ります。
     """
 
     def __init__(self, lr=0.01, momentum=0.9, nesterov=False):
@@ -155,7 +194,14 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    r"""AdamW（Loshchilov & Hutter, 2019）: 重み減衰を勾配に混ぜず、更新とは別に :math:`W \leftarrow W - \eta \lambda W` とします。"""
+    r"""AdamW（Loshchilov & Hutter, 2019）: 重み減衰を勾配に混ぜず、更新とは別に :math:`W \leftarrow W - \eta \lambda W` とします。
+
+    PyTorch との対応: 減衰に学習率 :math:`\eta` を掛ける ``W -= lr * weight_decay * W`` は、PyTorch の
+    ``torch.optim.AdamW``（既定 ``weight_decay=0.01``）と同じです。論文と Chainer の ``AdamW`` は
+    :math:`\lambda` に学習率 :math:`\alpha` を掛けず、スケジュールの倍率 :math:`\eta_t` だけを掛けるので、
+    その :math:`\lambda` はここでは ``weight_decay = λ / lr`` にあたります。PyTorch の
+    ``Adam(weight_decay=...)`` は分離しない L2（``Adam`` + ``WeightDecay`` フック）です。
+    """
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
         super().__init__(lr, beta1, beta2, eps)
@@ -169,29 +215,41 @@ class AdamW(Adam):
 # --- フック --------------------------------------------------------------------------------
 
 class WeightDecay:
-    r"""L2 正則化: 勾配に :math:`\lambda W` を足します（``opt.add_hook(WeightDecay(1e-4))``）。"""
+    r"""L2 正則化: 勾配に :math:`\lambda W` を足します（``opt.add_hook(WeightDecay(1e-4))``）。
+
+    PyTorch との対応: ``torch.optim.SGD(weight_decay=λ)``（や ``Adam(weight_decay=λ)``）が勾配に足す
+    :math:`\lambda W` と同じです。足した勾配は新しい配列にして ``param.grad`` に入れ直します
+    （元の勾配の配列は、ほかのパラメータと共有されていたり、書き込めなかったりするので変えません）。
+    """
 
     def __init__(self, rate):
         self.rate = rate
 
     def __call__(self, params):
         for param in params:
-            param.grad.data += self.rate * param.data
+            param.grad = Variable(param.grad.data + self.rate * param.data)  # 書き込まず、入れ直す
 
 
 class ClipGrad:
     r"""勾配のクリップ: すべての勾配をまとめたノルム :math:`\|g\|` が ``max_norm`` を超えたら、
-    :math:`\|g\| = ` ``max_norm`` になるように全体を縮めます（向きは変えません）。"""
+    :math:`\|g\| = ` ``max_norm`` になるように全体を縮めます（向きは変えません）。
+
+    PyTorch との対応: ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` と同じです。ノルムは
+    パラメータごとに 1 回ずつ数えた勾配の 2 乗の和の平方根で、倍率は ``max_norm / (‖g‖ + 1e-6)``、
+    呼ぶとクリップ前のノルムを返します。縮めた勾配は新しい配列にして ``param.grad`` に入れ直すので、
+    2 つのパラメータが 1 つの勾配を共有していても、2 回縮めることはありません。
+    """
 
     def __init__(self, max_norm):
         self.max_norm = max_norm
 
     def __call__(self, params):
         total = math.sqrt(sum(float((p.grad.data * p.grad.data).sum()) for p in params))
-        rate = self.max_norm / (total + 1e-6)
+        rate = self.max_norm / (total + 1e-6)  # Python の数なので、float32 の勾配は float32 のまま
         if rate < 1:
             for param in params:
-                param.grad.data *= rate
+                param.grad = Variable(param.grad.data * rate)  # 書き込まず、入れ直す
+        return total
 
 
 # --- 学習率のスケジュール --------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """数値微分など、mini_dl を作り・確かめるための道具。"""
 import numpy as np
 
+from mini_dl import cuda
+
 
 def numerical_diff(f, x, eps=1e-4):
     r"""中心差分で関数 ``f`` の微分を近似します。
@@ -36,10 +38,11 @@ def numerical_grad(f, x, eps=1e-4):
         eps: 差分の幅 :math:`h`。
 
     Returns:
-        float64 の配列: ``x`` と同じ shape の勾配の近似値。
+        float64 の配列: ``x`` と同じ shape の勾配の近似値（``x`` が CuPy の配列なら CuPy の配列）。
     """
-    x = np.array(x, dtype=np.float64)  # 書き換えるのでコピーする
-    grad = np.zeros_like(x)
+    xp = cuda.get_array_module(x)
+    x = xp.array(x, dtype=np.float64)  # 書き換えるのでコピーする（GPU の配列なら GPU の上で）
+    grad = xp.zeros_like(x)
     for idx in np.ndindex(x.shape):
         original = x[idx]
         x[idx] = original + eps
@@ -56,7 +59,8 @@ def gradient_check(f, *inputs, eps=1e-5, rtol=1e-4, atol=1e-5, seed=0):
 
     入力を ``float64`` の ``Variable`` にして ``y = f(*inputs)`` を計算し、乱数の重み
     :math:`g` で :math:`L = \sum g \odot y` を作ります。:math:`L` の各入力についての勾配を、
-    逆伝播と中心差分の両方で求めて、すべての要素を比べます。
+    逆伝播と中心差分の両方で求めて、すべての要素を比べます。入力が CuPy の配列なら、
+    計算はすべて GPU の上で行い、比べるときだけ CPU に移します。
 
     Args:
         f: ``Variable`` を受け取り ``Variable`` を返す関数（``Function`` のインスタンスやクラスでも可）。
@@ -69,18 +73,20 @@ def gradient_check(f, *inputs, eps=1e-5, rtol=1e-4, atol=1e-5, seed=0):
         AssertionError: 合わない要素があったとき。関数名、入力の番号、要素の位置、
             数値微分と逆伝播の値を日本語で示します。
     """
+    # 章のノートブックで同じ名前のクラスを定義していても、パッケージの Variable と Function を使う
     from mini_dl.core import Function, Variable
 
     name = _function_name(f)
     if isinstance(f, type) and issubclass(f, Function):
         cls = f
         f = lambda *xs: cls()(*xs)  # noqa: E731  関数のクラスなら、呼ぶたびに新しいインスタンスを作る
-    arrays = [np.array(x, dtype=np.float64) for x in inputs]
+    xp = cuda.get_array_module(inputs[0]) if inputs else np
+    arrays = [xp.array(x, dtype=np.float64) for x in inputs]
     xs = [Variable(a) for a in arrays]
     y = f(*xs)
     for x in xs:
         x.cleargrad()  # f の中で逆伝播した（高階微分の検査）ときの勾配を消しておく
-    g = np.random.default_rng(seed).uniform(0.5, 1.5, size=y.shape)
+    g = xp.asarray(np.random.default_rng(seed).uniform(0.5, 1.5, size=y.shape))
     y.grad = Variable(g)
     y.backward()
 
@@ -88,10 +94,10 @@ def gradient_check(f, *inputs, eps=1e-5, rtol=1e-4, atol=1e-5, seed=0):
         def loss(v, i=i):
             # f が中で逆伝播を使う（高階微分の検査）こともあるので、no_grad にはしない
             args = [Variable(v) if j == i else Variable(b) for j, b in enumerate(arrays)]
-            return np.sum(f(*args).data * g)
+            return (f(*args).data * g).sum()
 
-        expected = numerical_grad(loss, a, eps=eps)
-        actual = np.zeros_like(a) if x.grad is None else np.asarray(x.grad.data, dtype=np.float64)
+        expected = cuda.as_numpy(numerical_grad(loss, a, eps=eps))
+        actual = np.zeros(a.shape) if x.grad is None else cuda.as_numpy(x.grad.data).astype(np.float64)
         if actual.shape != a.shape:
             raise AssertionError(
                 f"gradient_check: {name} の {i} 番目の入力の勾配の shape が {actual.shape} です"

@@ -2,7 +2,7 @@
 
 規則:
 
-* ``mini_dl/*.py`` のトップレベルにある公開の定義（``_`` で始まらない ``def`` ・ ``class`` ・
+* ``mini_dl/`` の下（``functions/`` などのサブパッケージも含む）の ``*.py`` のトップレベルにある公開の定義（``_`` で始まらない ``def`` ・ ``class`` ・
   代入）は、``_toc.yml`` に載ったどれかのノートブックのコードセルに、まったく同じソースで
   現れなければなりません。
 * 同じ名前で中身の違う定義は、セルの 1 行目が ``# 下書き`` で始まる「下書き」セルにだけ書けます。
@@ -57,9 +57,9 @@ def _top_level(tree, text):
 
 def package_definitions():
     defs = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "__init__.py":
-            continue
+            continue  # __init__.py は再エクスポートだけ
         text = path.read_text(encoding="utf-8")
         for name, source in _top_level(ast.parse(text), text):
             defs.append(Definition(name, source, str(path.relative_to(ROOT))))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mini_dl import Function, Variable, add, cuda, numerical_diff
-from mini_dl.core import Add
+from mini_dl.functions import Add
 from mini_dl.functions import Exp, Square, exp, square
 
 
@@ -111,11 +111,12 @@ def test_add_forward_and_backward(xp):
     x0, x1 = Variable(a), Variable(b)
     y = add(x0, x1)
     np.testing.assert_allclose(cuda.as_numpy(y.data), cuda.as_numpy(a + b))
-    y.grad = xp.full((2, 3), 2.0, dtype=xp.float32)
+    g = rng.standard_normal((2, 3)).astype(np.float32)
+    y.grad = xp.asarray(g)
     y.backward()
     for x in (x0, x1):
         assert x.grad.dtype == xp.float32
-        np.testing.assert_array_equal(cuda.as_numpy(x.grad.data), np.full((2, 3), 2.0))
+        np.testing.assert_array_equal(cuda.as_numpy(x.grad.data), g)
 
 
 class Split(Function):
@@ -152,3 +153,18 @@ def test_backward_must_return_one_gradient_per_input():
     y = Bad()(x, Variable(np.array(2.0)))
     with pytest.raises(ValueError, match="Bad.backward は入力の数（2 個）だけ勾配を返します"):
         y.backward()
+
+
+def test_shared_gradients_are_never_accumulated_in_place(xp):
+    # Add の逆伝播は同じ勾配を両方の入力に渡す。あとから足すときに、その配列を書き換えてはいけない
+    g = np.array([1.0, -2.0, 3.0], dtype=np.float32)
+    p = Variable(xp.ones(3, dtype=xp.float32))
+    q = Variable(xp.ones(3, dtype=xp.float32))
+    s = add(p, q)
+    y = add(s, p)  # p には 2 本の道から勾配が届く
+    seed = xp.asarray(g.copy())
+    y.grad = seed
+    y.backward()
+    np.testing.assert_array_equal(cuda.as_numpy(seed), g)  # 出発点の配列もそのまま
+    np.testing.assert_array_equal(cuda.as_numpy(q.grad.data), g)
+    np.testing.assert_array_equal(cuda.as_numpy(p.grad.data), 2 * g)

@@ -12,9 +12,19 @@ def _rand(shape, seed=0, dtype=np.float64):
     return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
-def _ref_log_softmax(x):
-    m = x.max(axis=1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+def _ref_log_softmax(x, axis=1):
+    m = x.max(axis=axis, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def _grad_of(f, loss=lambda y: F.sum(y * y)):
+    """``x -> dL/dx``（L = loss(f(x))）。create_graph=True の逆伝播で作るので、さらに微分できる（2 階の検査用）。"""
+    def g(x):
+        x.cleargrad()
+        loss(f(x)).backward(create_graph=True)
+        return x.grad
+    g.__name__ = f"d({getattr(f, '__name__', 'f')})/dx"
+    return g
 
 
 def test_softmax_and_log_softmax(xp):
@@ -157,3 +167,198 @@ def test_mlp_reaches_high_accuracy_on_spiral():
             loss.backward()
             opt.update()
     assert float(F.accuracy(model(test.data), test.label).data) >= 0.95
+
+
+# --- 既定値（PyTorch の癖）: softmax の軸、dropout の割合 ------------------------------------
+
+def test_softmax_and_log_softmax_default_to_the_last_axis(xp):
+    a = _rand((2, 3, 4), 20)  # 3 次元: 最後の軸（長さ 4）で和が 1 になるはず
+    expected = _ref_log_softmax(a, axis=-1)
+    y = F.softmax(Variable(xp.asarray(a)))
+    z = F.log_softmax(Variable(xp.asarray(a)))
+    np.testing.assert_allclose(cuda.as_numpy(y.data), np.exp(expected), rtol=1e-12, err_msg="softmax の既定の軸")
+    np.testing.assert_allclose(cuda.as_numpy(z.data), expected, rtol=1e-12, err_msg="log_softmax の既定の軸")
+    np.testing.assert_allclose(cuda.as_numpy(y.data).sum(axis=-1), 1.0, rtol=1e-12)
+    assert not np.allclose(cuda.as_numpy(y.data).sum(axis=1), 1.0)  # 軸 1 ではない
+    assert F.Softmax().axis == -1 and F.LogSoftmax().axis == -1
+    np.testing.assert_allclose(F.softmax(a, axis=1).data, np.exp(_ref_log_softmax(a, axis=1)), rtol=1e-12)
+
+
+def test_dropout_ratio_defaults_to_one_half():
+    x = np.ones(40000, dtype=np.float32)
+    y = F.dropout(x, rng=np.random.default_rng(1)).data
+    assert set(np.unique(y)) == {0.0, 2.0}  # 残した要素は 1/(1-0.5) = 2 倍
+    assert abs((y == 0).mean() - 0.5) < 0.01  # 標準偏差 0.0025 の 4 倍
+    assert L.Dropout().ratio == 0.5
+    with pytest.raises(TypeError):
+        L.Dropout(0.5, 0)  # seed はキーワード専用
+
+
+# --- 1 階・2 階の勾配チェック（float64） -------------------------------------------------------
+
+@pytest.mark.parametrize("name, f", [
+    ("softmax", F.softmax),
+    ("softmax.axis0", lambda v: F.softmax(v, axis=0)),
+    ("log_softmax", F.log_softmax),
+    ("log_softmax.axis0", lambda v: F.log_softmax(v, axis=0)),
+    ("softmax_cross_entropy", lambda v: F.softmax_cross_entropy(v, np.array([2, 0, 3]))),
+    ("softmax_cross_entropy_simple", lambda v: F.softmax_cross_entropy_simple(v, np.array([2, 0, 3]))),
+    ("dropout", lambda v: F.dropout(v, 0.4, rng=np.random.default_rng(3))),  # 呼ぶたびに同じマスク
+])
+def test_first_and_second_order_gradients(name, f):
+    x = _rand((3, 4), 30, np.float64)
+    gradient_check(f, x)
+    gradient_check(_grad_of(f), x)  # 2 階: L = sum(y^2) の x についての勾配を、もう一度微分する
+    gradient_check(_grad_of(f, lambda y: F.sum(y * _rand(y.shape, 31))), x)  # L が y の 1 次式でも
+
+
+def _log_softmax_treating_exp_y_as_constant(x):
+    """変異（わざと入れたバグ）: LogSoftmax.backward で exp(y) を定数（配列）として扱う。"""
+    class Mutant(F.LogSoftmax):
+        def backward(self, gy):
+            y = self.outputs[0]()
+            return gy - Variable(np.exp(y.data)) * F.sum(gy, axis=self.axis, keepdims=True)
+    return Mutant()(x)
+
+
+def test_log_softmax_second_order_catches_constant_exp_y():
+    x = _rand((3, 4), 32)
+    loss = lambda y: F.sum(y * _rand(y.shape, 33))  # noqa: E731  y の 1 次式: 2 階は exp(y) の微分だけから来る
+    gradient_check(_grad_of(F.log_softmax, loss), x)
+    with pytest.raises(AssertionError):  # このテストの検査は、変異を見逃さない
+        gradient_check(_grad_of(_log_softmax_treating_exp_y_as_constant, loss), x)
+    # 独立な式と比べる: d/dx [w - softmax(x) sum(w)] の、ベクトル v との積
+    w, v = _rand((3, 4), 33), _rand((3, 4), 34)
+    xv = Variable(x)
+    F.sum(F.log_softmax(xv) * w).backward(create_graph=True)
+    gx = xv.grad
+    xv.cleargrad()
+    F.sum(gx * v).backward()
+    p = np.exp(_ref_log_softmax(x))
+    s = w.sum(axis=1, keepdims=True)
+    expected = -s * p * (v - (p * v).sum(axis=1, keepdims=True))  # (softmax のヤコビ行列)^T v に -sum(w) を掛けたもの
+    np.testing.assert_allclose(xv.grad.data, expected, rtol=1e-10, atol=1e-12, err_msg="log_softmax の 2 階微分")
+
+
+def test_softmax_cross_entropy_second_order_matches_softmax_jacobian():
+    x, t = _rand((4, 5), 35), np.array([1, 4, 0, 0])
+    xv = Variable(x)
+    F.softmax_cross_entropy(xv, t).backward(create_graph=True)
+    gx = xv.grad
+    v = _rand((4, 5), 36)
+    xv.cleargrad()
+    F.sum(gx * v).backward()
+    p = np.exp(_ref_log_softmax(x))
+    expected = p * (v - (p * v).sum(axis=1, keepdims=True)) / 4  # H v（H は各行の softmax のヤコビ行列 / N）
+    np.testing.assert_allclose(xv.grad.data, expected, rtol=1e-10, atol=1e-12, err_msg="softmax_cross_entropy の 2 階微分")
+
+
+# --- softmax_cross_entropy: ラベルの範囲、eye を使わない、float32 -------------------------------
+
+@pytest.mark.parametrize("t, bad", [(np.array([0, 3]), 3), (np.array([-1, 2]), -1), (np.array([7, 0]), 7)])
+def test_softmax_cross_entropy_rejects_labels_out_of_range(xp, t, bad):
+    x = Variable(xp.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=rf"範囲外のクラス番号 {bad} .*C = 3"):
+        F.softmax_cross_entropy(x, xp.asarray(t))
+
+
+def test_softmax_cross_entropy_does_not_build_eye(monkeypatch):
+    def no_eye(*args, **kwargs):
+        raise AssertionError("softmax_cross_entropy が eye(C) を作りました")
+    monkeypatch.setattr(np, "eye", no_eye)
+    monkeypatch.setattr(np, "identity", no_eye)
+    x, t = _rand((5, 7), 37, np.float32), np.array([6, 0, 3, 3, 1])
+    for f in (F.softmax_cross_entropy, F.softmax_cross_entropy_simple):
+        xv = Variable(x)
+        f(xv, t).backward()
+        p = np.exp(_ref_log_softmax(x.astype(np.float64)))
+        p[np.arange(5), t] -= 1
+        np.testing.assert_allclose(xv.grad.data, p / 5, rtol=1e-5, atol=1e-7, err_msg=f.__name__)
+
+
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8])
+def test_softmax_cross_entropy_float32_end_to_end(xp, label_dtype):
+    x = Variable(xp.asarray(_rand((6, 4), 38, np.float32) * 50))
+    t = xp.asarray(np.array([0, 3, 1, 1, 2, 0], dtype=label_dtype))
+    loss = F.softmax_cross_entropy(x, t)
+    loss.backward()
+    assert loss.dtype == np.float32 and x.grad.dtype == np.float32
+    ref = -_ref_log_softmax(cuda.as_numpy(x.data).astype(np.float64))[np.arange(6), cuda.as_numpy(t)].mean()
+    np.testing.assert_allclose(float(loss.data), ref, rtol=1e-5)
+    assert cuda.get_array_module(x.grad.data) is xp
+
+
+# --- ドロップアウト: 装置の上のマスク、種 ---------------------------------------------------------
+
+def test_dropout_mask_comes_from_float32_draws_of_the_given_generator():
+    x = np.ones((3, 5), dtype=np.float32)
+    y = F.dropout(x, 0.3, rng=np.random.default_rng(4)).data
+    u = np.random.default_rng(4).random((3, 5), dtype=np.float32)
+    np.testing.assert_array_equal(y, np.where(u >= 0.3, np.float32(1 / 0.7), np.float32(0)))
+    assert y.dtype == np.float32
+
+
+def test_dropout_layer_seed_matters():
+    x = np.ones((8, 64), dtype=np.float32)
+    a, b, c = L.Dropout(0.5, seed=1), L.Dropout(0.5, seed=1), L.Dropout(0.5, seed=2)
+    ya, yb, yc = a(x).data, b(x).data, c(x).data
+    np.testing.assert_array_equal(ya, yb, err_msg="同じ seed の層は、同じマスクを出すはず")
+    assert not np.array_equal(ya, yc), "違う seed の層が同じマスクを出しました（seed が無視されています）"
+    ya2 = a(x).data
+    assert not np.array_equal(ya, ya2), "1 つの層を 2 回呼ぶと、違うマスクになるはず"
+    np.testing.assert_array_equal(ya2, b(x).data, err_msg="同じ seed の層は、2 回目も同じマスクを出すはず")
+
+
+def test_dropout_runs_on_the_input_device(xp):
+    x = Variable(xp.ones((4, 6), dtype=np.float32))
+    y1 = F.dropout(x, 0.5, rng=np.random.default_rng(5))
+    y2 = F.dropout(x, 0.5, rng=np.random.default_rng(5))
+    assert cuda.get_array_module(y1.data) is xp and y1.dtype == np.float32
+    np.testing.assert_array_equal(cuda.as_numpy(y1.data), cuda.as_numpy(y2.data))  # 同じ種なら同じマスク
+    F.sum(y1).backward()
+    assert cuda.get_array_module(x.grad.data) is xp
+    np.testing.assert_array_equal(cuda.as_numpy(x.grad.data), cuda.as_numpy(y1.data))
+
+
+# --- バッチ正規化: 2 階微分、momentum の向き ---------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 2)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_second_order(shape, training):
+    x, g, b = _rand(shape, 40), _rand(3, 41) + 1.5, _rand(3, 42)
+
+    def f(v, gg, bb):
+        return F.batch_norm(v, gg, bb, np.full(3, 0.3), np.full(3, 1.7), training=training)
+
+    def grad_wrt(i):
+        def h(*vs):
+            for v in vs:
+                v.cleargrad()
+            y = f(*vs)
+            F.sum(y * y * _rand(y.shape, 43)).backward(create_graph=True)
+            return vs[i].grad
+        h.__name__ = f"d(batch_norm)/d{['x', 'gamma', 'beta'][i]}"
+        return h
+    for i in range(3):
+        gradient_check(grad_wrt(i), x, g, b)
+
+
+def test_batch_norm_graph_backward_matches_the_array_backward():
+    x, g, b = _rand((5, 3), 44), _rand(3, 45) + 1.5, _rand(3, 46)
+    grads = []
+    for create_graph in (False, True):
+        vs = [Variable(a.copy()) for a in (x, g, b)]
+        y = F.batch_norm(*vs, np.zeros(3), np.ones(3))
+        F.sum(y * _rand(y.shape, 47)).backward(create_graph=create_graph)
+        grads.append([v.grad.data for v in vs])
+    for fast, graph, name in zip(*grads, ["x", "gamma", "beta"]):
+        np.testing.assert_allclose(fast, graph, rtol=1e-10, atol=1e-12, err_msg=f"batch_norm の {name} の勾配")
+
+
+def test_batch_norm_momentum_keeps_the_old_value():
+    """mini_dl の momentum=0.9 は「古い値を 0.9 残す」= PyTorch の momentum=0.1。"""
+    x = _rand((10, 2), 48, np.float32) + 5
+    mean, var = np.full(2, 1.0, np.float32), np.ones(2, np.float32)
+    F.batch_norm(x, np.ones(2, np.float32), np.zeros(2, np.float32), mean, var, momentum=0.9)
+    np.testing.assert_allclose(mean, 0.9 * 1.0 + 0.1 * x.mean(axis=0), rtol=1e-6)
+    assert L.BatchNorm().momentum == 0.9

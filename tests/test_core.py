@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mini_dl
-from mini_dl import Config, Function, Variable, as_array, as_variable, no_grad, using_config
+from mini_dl import Config, Function, Variable, as_array, as_variable, cuda, no_grad, using_config
 from mini_dl.functions import Exp, Square, exp, square
 
 # --- Variable -------------------------------------------------------------------------------
@@ -252,3 +252,192 @@ def test_unused_output_of_a_single_output_function_gets_zero_gradient():
     from mini_dl.core import _output_grad
     g = _output_grad(f, 0, y)
     assert g.dtype == np.float32 and not g.data.any()
+
+
+# --- detach と unchain_backward -------------------------------------------------------------
+
+def test_detach_shares_the_array_and_cuts_the_graph(xp):
+    x = Variable(xp.asarray(np.array([1.0, 2.0, 3.0], dtype=np.float32)))
+    y = x * 2
+    d = y.detach()
+    assert d is not y and d.data is y.data and d.creator is None and d.grad is None
+    z = (d * 3 + y).sum()  # d の側からは x に勾配が流れない: dz/dx = 2
+    z.backward()
+    assert d.grad is not None and x.grad.dtype == np.float32
+    np.testing.assert_array_equal(cuda.as_numpy(x.grad.data), [2.0, 2.0, 2.0])
+    assert y.creator is not None  # 元の変数のグラフはそのまま
+
+
+def test_detach_of_a_leaf_is_a_new_root():
+    x = Variable(np.ones(2, dtype=np.float32))
+    d = x.detach()
+    (d * 5).sum().backward()
+    assert x.grad is None and d.grad is not None
+
+
+def _chain():
+    x = Variable(np.full(1000, 0.5, dtype=np.float32))
+    a = square(x)
+    b = exp(a)
+    y = square(b)
+    return x, a, b, y
+
+
+def test_unchain_backward_removes_every_creator_upstream():
+    x, a, b, y = _chain()
+    y.unchain_backward()
+    assert y.creator is None and b.creator is None and a.creator is None and x.creator is None
+    y.grad = np.ones_like(y.data)
+    y.backward()  # y はグラフの根になったので、上流には何も流れない
+    assert x.grad is None and a.grad is None and b.grad is None
+
+
+def test_unchain_backward_in_the_middle_keeps_the_downstream_graph():
+    x, a, b, y = _chain()
+    b.unchain_backward()
+    assert y.creator is not None and b.creator is None and a.creator is None
+    y.grad = np.ones_like(y.data)
+    y.backward()
+    np.testing.assert_allclose(b.grad.data, 2 * b.data, rtol=1e-6)  # b は根になったので勾配が残る
+    assert x.grad is None and a.grad is None
+
+
+def test_unchain_backward_frees_the_functions():
+    gc.disable()
+    try:
+        x, a, b, y = _chain()
+        funcs = [weakref.ref(v.creator) for v in (a, b, y)]
+        y.unchain_backward()
+        assert all(f() is None for f in funcs), "unchain_backward の後も関数が残っています"
+        assert x.data is not None and a.data is not None  # 変数そのものは消さない
+    finally:
+        gc.enable()
+
+
+def test_unchain_backward_on_a_diamond_graph_visits_each_function_once():
+    x = Variable(np.array(2.0))
+    a = square(x)
+    y = a * a + exp(a)  # a が 2 本の道で使われる
+    y.unchain_backward()
+    assert a.creator is None and y.creator is None
+
+
+# --- mini_dl.backward（複数の出力から 1 回で逆伝播する） -----------------------------------
+
+def _two_outputs(xp):
+    x = Variable(xp.asarray(np.array([0.3, -1.2, 2.0], dtype=np.float32)))
+    return x, x * x, mini_dl.sin(x)
+
+
+def test_backward_of_two_outputs_equals_backward_of_their_weighted_sum(xp):
+    g1 = xp.asarray(np.array([1.0, 2.0, -1.0], dtype=np.float32))
+    g2 = xp.asarray(np.array([0.5, -3.0, 4.0], dtype=np.float32))
+    x, y1, y2 = _two_outputs(xp)
+    mini_dl.backward([y1, y2], [g1, g2])
+    got = cuda.as_numpy(x.grad.data)
+    x, y1, y2 = _two_outputs(xp)
+    (y1 * g1 + y2 * g2).sum().backward()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, cuda.as_numpy(x.grad.data), rtol=1e-6)
+    xd = np.array([0.3, -1.2, 2.0])
+    np.testing.assert_allclose(got, 2 * xd * cuda.as_numpy(g1) + np.cos(xd) * cuda.as_numpy(g2), rtol=1e-5)
+
+
+def test_backward_with_none_uses_the_existing_grad_or_one():
+    x = Variable(np.array([1.0, 2.0], dtype=np.float32))
+    y1 = x * 3  # 要素 2 個: grad を先に入れておく
+    y2 = (x * x).sum()  # 要素 1 個: 1 から始める
+    y1.grad = Variable(np.array([1.0, 10.0], dtype=np.float32))
+    mini_dl.backward([y1, y2])
+    np.testing.assert_array_equal(x.grad.data, [3 + 2, 30 + 4])
+    x.cleargrad()
+    y1, y2 = x * 3, (x * x).sum()
+    y1.grad = Variable(np.array([1.0, 10.0], dtype=np.float32))
+    mini_dl.backward([y1, y2], [None, 2.0])
+    np.testing.assert_array_equal(x.grad.data, [3 + 4, 30 + 8])
+
+
+def test_backward_accepts_a_single_variable_and_a_single_grad():
+    x = Variable(np.array([1.0, 2.0], dtype=np.float32))
+    mini_dl.backward(x * 3, np.array([2.0, 1.0], dtype=np.float32))
+    np.testing.assert_array_equal(x.grad.data, [6.0, 3.0])
+    x.cleargrad()
+    mini_dl.backward([(x * 3).sum()])
+    np.testing.assert_array_equal(x.grad.data, [3.0, 3.0])
+
+
+def test_backward_with_the_same_output_twice_adds_the_seeds():
+    x = Variable(np.array([1.0, 2.0]))
+    y = x * 3
+    mini_dl.backward([y, y], [np.array([1.0, 1.0]), np.array([10.0, 10.0])])
+    np.testing.assert_array_equal(x.grad.data, [33.0, 33.0])  # torch.autograd.backward([y, y], [g1, g2]) と同じ
+
+
+def test_backward_rejects_wrong_number_and_shape_of_grads_in_japanese():
+    x = Variable(np.ones(3, dtype=np.float32))
+    y1, y2 = x * 2, x * 3
+    with pytest.raises(ValueError, match="grads の数（1 個）を outputs の数（2 個）と同じに"):
+        mini_dl.backward([y1, y2], [np.ones(3, dtype=np.float32)])
+    with pytest.raises(ValueError, match=r"grad の shape \(2,\) が data の shape \(3,\) と違います"):
+        mini_dl.backward([y1], [np.ones(2, dtype=np.float32)])
+    with pytest.raises(ValueError, match=r"要素が 1 個の変数だけです（この変数の shape: \(3,\)）"):
+        mini_dl.backward([y1])
+
+
+@pytest.mark.parametrize("seed", [2.0, np.float64(2.0), np.full(3, 2.0), Variable(np.full(3, 2.0, dtype=np.float32))],
+                         ids=["python_float", "np_float64", "float64_array", "float32_variable"])
+def test_backward_seed_takes_the_dtype_of_the_output(xp, seed):
+    x = Variable(xp.asarray(np.array([1.0, 2.0, 3.0], dtype=np.float32)))
+    y = x * x
+    if isinstance(seed, np.ndarray):
+        seed = xp.asarray(seed)
+    elif isinstance(seed, Variable):
+        seed = Variable(xp.asarray(seed.data))
+    if np.ndim(getattr(seed, "data", seed)) == 0:
+        y = y.sum()  # 数の seed は要素 1 個の出力に
+    mini_dl.backward([y], [seed], retain_grad=True)
+    assert y.grad.dtype == np.float32 and x.grad.dtype == np.float32
+    assert cuda.get_array_module(y.grad.data) is xp
+    np.testing.assert_array_equal(cuda.as_numpy(x.grad.data), [4.0, 8.0, 12.0])
+
+
+def test_python_float_seed_in_grad_keeps_float32():
+    x = Variable(np.array([1.0, 2.0], dtype=np.float32))
+    y = (x * x).sum()
+    y.grad = 1.0
+    y.backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_array_equal(x.grad.data, [2.0, 4.0])
+
+
+class _Checkpointed(Function):
+    """テスト用: 順伝播では途中の値を捨て、逆伝播で計算し直して ``mini_dl.backward`` を呼ぶ（勾配チェックポイント）。"""
+
+    def __init__(self, f):
+        self.f = f
+
+    def forward(self, x):
+        with no_grad():
+            return self.f(Variable(x)).data
+
+    def backward(self, gy):
+        x = Variable(self.inputs[0].data)
+        with using_config("enable_backprop", True):
+            y = self.f(x)
+        mini_dl.backward([y], [gy])  # 外側の逆伝播の途中で、もう 1 回逆伝播する
+        return x.grad
+
+
+def test_backward_can_be_called_inside_a_function_backward():
+    def block(v):
+        return mini_dl.tanh(v * v) * 3
+
+    a = np.array([0.2, -0.7, 1.1], dtype=np.float32)
+    x = Variable(a.copy())
+    y = (_Checkpointed(block)(x) * x).sum()
+    y.backward()
+    ref = Variable(a.copy())
+    (block(ref) * ref).sum().backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_allclose(x.grad.data, ref.grad.data, rtol=1e-6)
+    assert Config.enable_backprop is True

@@ -61,3 +61,34 @@ def test_variable_and_layer_device_moves_on_cpu():
     else:
         assert not isinstance(v.to_gpu().data, np.ndarray)
         assert isinstance(v.to_cpu().data, np.ndarray)
+
+
+@pytest.mark.parametrize("x", [np.ones(2), np.float32(1.0), np.float64(2.0), 1.0, 3, None, [1.0, 2.0]],
+                         ids=["ndarray", "np.float32", "np.float64", "float", "int", "None", "list"])
+def test_get_array_module_of_host_values_is_numpy(x):
+    assert cuda.get_array_module(x) is np
+    assert cuda.get_array_module(Variable(np.asarray(x if x is not None else 0.0))) is np
+
+
+def test_get_array_module_follows_the_device(xp):
+    a = xp.ones(3, dtype=xp.float32)
+    assert cuda.get_array_module(a) is xp
+    assert cuda.get_array_module(Variable(a)) is xp
+    assert cuda.get_array_module(Variable(a) * 2) is xp
+
+
+def test_cuda_module_does_not_import_mini_dl():
+    # cuda → core の一方向: get_array_module は演算のたびに呼ばれるので、中で core を import しない（循環もしない）
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cuda))
+    imported = []
+    for node in ast.walk(tree):  # 関数の中の import も含める
+        if isinstance(node, ast.Import):
+            imported += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            imported.append("." * node.level + (node.module or ""))
+    bad = [name for name in imported if name.startswith(("mini_dl", "."))]
+    assert not bad, f"mini_dl/cuda.py が mini_dl のモジュールを import しています: {bad}"
+    assert "Variable" not in inspect.getsource(cuda.get_array_module).split('"""')[-1]

@@ -100,3 +100,30 @@ def test_gradient_descent_on_rosenbrock_approaches_the_minimum():
         x1.data = x1.data - 0.001 * x1.grad.data
     assert x0.dtype == np.float32
     assert abs(float(x0.data) - 1) < 1e-2 and abs(float(x1.data) - 1) < 2e-2
+
+
+def test_module_level_backward_with_create_graph_gives_second_derivatives():
+    # mini_dl.backward でも create_graph=True なら、勾配をさらに微分できる
+    import mini_dl
+
+    x = Variable(np.array([0.3, -0.8], dtype=np.float64))
+    y1 = F.sum(x ** 3)
+    y2 = F.sum(F.sin(x))
+    mini_dl.backward([y1, y2], [2.0, 1.0], create_graph=True)
+    gx = x.grad  # 6 x^2 + cos x
+    np.testing.assert_allclose(gx.data, 6 * x.data ** 2 + np.cos(x.data), rtol=1e-12)
+    x.cleargrad()
+    mini_dl.backward(F.sum(gx))
+    np.testing.assert_allclose(x.grad.data, 12 * x.data - np.sin(x.data), rtol=1e-12)
+
+
+def test_second_derivative_through_detach_is_cut():
+    # detach した値は定数: d/dx (x.detach() * x^2) = 2 x * x0、2 階は 2 x0
+    x = Variable(np.array(1.5))
+    y = x.detach() * x ** 2
+    y.backward(create_graph=True)
+    gx = x.grad
+    assert float(gx.data) == pytest.approx(2 * 1.5 * 1.5)
+    x.cleargrad()
+    gx.backward()
+    assert float(x.grad.data) == pytest.approx(2 * 1.5)

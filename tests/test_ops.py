@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 import mini_dl.functions as F
 from mini_dl import Variable, cuda, gradient_check
-from mini_dl.core import broadcast_to, matmul, sum_to, sum_to_array, transpose
+from mini_dl.functions import broadcast_to, matmul, sum_to, sum_to_array, transpose
 
 # 名前 -> (mini_dl の関数, NumPy の参照, 導関数, 入力の範囲)
 UNARY = {
@@ -137,17 +137,19 @@ def test_binary_second_order_gradient_check(name):
 def test_property_broadcast_gradients_have_input_shapes(data):
     shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=3, max_side=3))
     other = data.draw(hnp.broadcastable_shapes(shape, min_dims=0, max_dims=3, max_side=3))
-    a = Variable(np.ones(shape, dtype=np.float32))
-    b = Variable(np.full(other, 2.0, dtype=np.float32))
+    rng = np.random.default_rng(len(shape) * 10 + len(other))
+    a_data = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    b_data = rng.uniform(0.5, 1.5, other).astype(np.float32)
+    a, b = Variable(a_data), Variable(b_data)
     y = a * b + b
-    y.grad = np.ones_like(y.data)
+    g = rng.uniform(-1, 1, y.shape).astype(np.float32)  # 乱数の上流勾配: どの要素に何回足されたかまで比べる
+    y.grad = g
     y.backward()
     assert a.grad.shape == shape and b.grad.shape == other
     assert a.grad.dtype == np.float32 and b.grad.dtype == np.float32
-    # 各要素の勾配は、ブロードキャストで使われた回数だけ足されている
-    n = y.size
-    np.testing.assert_allclose(a.grad.data.sum(), 2.0 * n)
-    np.testing.assert_allclose(b.grad.data.sum(), 2.0 * n)
+    a64, b64, g64 = (np.broadcast_to(v.astype(np.float64), y.shape) for v in (a_data, b_data, g))
+    np.testing.assert_allclose(a.grad.data, sum_to_array(g64 * b64, shape), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.grad.data, sum_to_array(g64 * (a64 + 1), other), rtol=1e-5, atol=1e-6)
 
 
 def test_incompatible_shapes_are_rejected_in_japanese():
@@ -211,10 +213,11 @@ def test_matmul_forward_and_gradients(xp, shapes):
     y = x @ W
     assert y.dtype == np.float32
     np.testing.assert_allclose(cuda.as_numpy(y.data), a @ b, rtol=1e-5, atol=1e-6)
-    y.grad = Variable(xp.ones(y.shape, dtype=xp.float32))
+    g = _uniform(y.shape, -1, 1, np.float32, seed=12)  # 乱数の上流勾配（すべて 1 だと転置の間違いを見逃す）
+    y.grad = Variable(xp.asarray(g))
     y.backward()
-    np.testing.assert_allclose(cuda.as_numpy(x.grad.data), np.ones((a.shape[0], b.shape[1])) @ b.T, rtol=1e-5)
-    np.testing.assert_allclose(cuda.as_numpy(W.grad.data), a.T @ np.ones((a.shape[0], b.shape[1])), rtol=1e-5)
+    np.testing.assert_allclose(cuda.as_numpy(x.grad.data), g @ b.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cuda.as_numpy(W.grad.data), a.T @ g, rtol=1e-5, atol=1e-6)
     if xp is np:
         gradient_check(lambda p, q: p @ q, a, b)
         gradient_check(_grad_of(lambda p: (p @ b.astype(np.float64)) ** 2), a)
@@ -246,3 +249,67 @@ def test_transpose_sum_to_broadcast_to():
     gradient_check(lambda v: broadcast_to(v, (4, 2, 3)), a)
     np.testing.assert_allclose(sum_to_array(np.ones((2, 3, 4)), (3, 1)), np.full((3, 1), 8.0))
     assert sum_to_array(np.ones((2, 3)), ()).shape == ()
+
+
+# --- float32 を保つ境界: NumPy のスカラーも Python の数と同じに扱う -------------------------
+
+# 名前 -> (mini_dl の計算, float64 の参照, 導関数)
+SCALAR_BOUNDARY = {
+    "x * np.sqrt(2.0)": (lambda x: x * np.sqrt(2.0), lambda a: a * np.sqrt(2.0), lambda a: np.full_like(a, np.sqrt(2))),
+    "x / np.float64(8)": (lambda x: x / np.float64(8), lambda a: a / 8, lambda a: np.full_like(a, 1 / 8)),
+    "x ** np.float64(2)": (lambda x: x ** np.float64(2), lambda a: a ** 2, lambda a: 2 * a),
+    "x ** np.int64(3)": (lambda x: x ** np.int64(3), lambda a: a ** 3, lambda a: 3 * a ** 2),
+    "x * np.int64(2)": (lambda x: x * np.int64(2), lambda a: a * 2, lambda a: np.full_like(a, 2.0)),
+    "np.float64(3) - x": (lambda x: np.float64(3) - x, lambda a: 3 - a, lambda a: np.full_like(a, -1.0)),
+    "np.float64(2) / x": (lambda x: np.float64(2) / x, lambda a: 2 / a, lambda a: -2 / a ** 2),
+    "np.float64(0.5) * x": (lambda x: np.float64(0.5) * x, lambda a: 0.5 * a, lambda a: np.full_like(a, 0.5)),
+    "x + np.float32(1)": (lambda x: x + np.float32(1), lambda a: a + 1, lambda a: np.ones_like(a)),
+    "x - np.int32(1)": (lambda x: x - np.int32(1), lambda a: a - 1, lambda a: np.ones_like(a)),
+    "x * 2.5": (lambda x: x * 2.5, lambda a: a * 2.5, lambda a: np.full_like(a, 2.5)),
+    "1 / x": (lambda x: 1 / x, lambda a: 1 / a, lambda a: -1 / a ** 2),
+}
+
+
+@pytest.mark.parametrize("name", SCALAR_BOUNDARY)
+def test_numpy_scalars_keep_float32_forward_and_backward(xp, name):
+    f, ref, deriv = SCALAR_BOUNDARY[name]
+    a = _uniform((2, 3), 0.5, 2.0, np.float32, seed=11)
+    x = Variable(xp.asarray(a))
+    y = f(x)
+    assert isinstance(y, Variable) and y.dtype == np.float32, f"{name} の dtype が {y.dtype} になりました"
+    assert cuda.get_array_module(y.data) is xp
+    np.testing.assert_allclose(cuda.as_numpy(y.data), ref(a.astype(np.float64)), rtol=1e-6, err_msg=name)
+    y.grad = 1.0 if y.size == 1 else xp.ones(y.shape, dtype=xp.float64)  # float64 の seed も float32 にそろう
+    y.backward()
+    assert x.grad.dtype == np.float32, f"{name} の勾配の dtype が {x.grad.dtype} になりました"
+    np.testing.assert_allclose(cuda.as_numpy(x.grad.data), deriv(a.astype(np.float64)), rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("op, expected", [
+    (lambda x: x * 2.5, [0.0, 2.5, 5.0, -7.5]),
+    (lambda x: 2.5 * x, [0.0, 2.5, 5.0, -7.5]),
+    (lambda x: x + 0.5, [0.5, 1.5, 2.5, -2.5]),
+    (lambda x: x - np.float64(0.25), [-0.25, 0.75, 1.75, -3.25]),
+    (lambda x: x / 2, [0.0, 0.5, 1.0, -1.5]),
+    (lambda x: x * np.float64(1.5), [0.0, 1.5, 3.0, -4.5]),
+], ids=["x*2.5", "2.5*x", "x+0.5", "x-np.float64(0.25)", "x/2", "x*np.float64(1.5)"])
+def test_int_variable_with_a_float_is_exact_not_truncated(op, expected):
+    # 変異「int の Variable と 2.5 の積が切り捨てられる」を捕まえる
+    y = op(Variable(np.array([0, 1, 2, -3], dtype=np.int64)))
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y.data, expected)
+
+
+def test_int_variable_with_an_int_stays_int():
+    y = Variable(np.array([1, 2], dtype=np.int32)) * 3
+    assert y.dtype == np.int32 and y.data.tolist() == [3, 6]
+
+
+def test_float16_stays_float16_with_python_and_numpy_scalars():
+    x = Variable(np.array([1.0, 2.0], dtype=np.float16))
+    for y in (x * 2.0, 2.0 * x, x / np.float64(4), x ** 2, x + np.sqrt(2.0), np.float64(1) - x):
+        assert y.dtype == np.float16, y.dtype
+    y = (x * np.sqrt(2.0)).sum()
+    y.backward()
+    assert x.grad.dtype == np.float16
+    np.testing.assert_allclose(x.grad.data.astype(np.float64), np.sqrt(2.0), rtol=1e-3)

@@ -4,8 +4,8 @@ import pytest
 
 import mini_dl.functions as F
 import mini_dl.layers as L
-from mini_dl import optimizers
-from mini_dl.models import MLP, Sequential
+from mini_dl import optimizers, serialization
+from mini_dl.models import MLP, Model, Sequential
 
 
 def _model(seed=0):
@@ -108,3 +108,62 @@ def test_optimizer_state_round_trip_continues_identically(tmp_path):
     with pytest.raises(ValueError, match="最適化手法の状態がありません"):
         model.save_weights(tmp_path / "plain.npz")
         other.load_weights(tmp_path / "plain.npz", optimizer=opt2)
+
+
+class _Tied(Model):
+    """2 つの層が同じ重み W を共有するモデル（重みの共有、weight tying）。"""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = L.Linear(4, in_size=4, seed=0)
+        self.dec = L.Linear(4, in_size=4, seed=1)
+        self.dec.W = self.enc.W  # 同じ Parameter を 2 か所に代入する
+
+    def forward(self, x):
+        return self.dec(F.relu(self.enc(x)))
+
+
+def test_tied_weights_are_stored_once_and_restored_shared(tmp_path):
+    model = _Tied()
+    opt = optimizers.Adam(lr=0.01).setup(model)
+    _train_tied(model, opt)
+    model.save_weights(tmp_path / "tied.npz", optimizer=opt)
+    with np.load(tmp_path / "tied.npz", allow_pickle=False) as npz:
+        files = set(npz.files)
+    assert {k for k in files if not k.startswith("optimizer/")} == {"enc.W", "enc.b", "dec.b"}  # 共有の W は 1 回
+    assert {k for k in files if k.startswith("optimizer/enc.W/")} and not any(k.startswith("optimizer/dec.W") for k in files)
+
+    other = _Tied()
+    other.enc.W.data = other.enc.W.data * 0 + 9  # 読み込む前は違う値
+    opt2 = optimizers.Adam(lr=0.01).setup(other)
+    other.load_weights(tmp_path / "tied.npz", optimizer=opt2)
+    assert other.dec.W is other.enc.W, "読み込んだあとも、重みは共有されたまま"
+    np.testing.assert_array_equal(other.enc.W.data, model.enc.W.data)
+    np.testing.assert_array_equal(other.dec.W.data, model.enc.W.data)
+    assert len(list(other.params())) == 3
+    # 続きの学習も同じになる（共有の重みは 1 ステップに 1 回だけ動き、Adam の状態も 1 つ）
+    _train_tied(model, opt)
+    _train_tied(other, opt2)
+    for (name, p), (_, q) in zip(model.named_params(), other.named_params()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+
+
+def _train_tied(model, opt, steps=3):
+    rng = np.random.default_rng(3)
+    for _ in range(steps):
+        x = rng.standard_normal((5, 4)).astype(np.float32)
+        loss = F.mean_squared_error(model(x), x)
+        model.cleargrads()
+        loss.backward()
+        opt.update()
+
+
+def test_module_functions_are_what_layer_delegates_to(tmp_path):
+    a, b = _model(0), _model(10)
+    serialization.save_weights(a, tmp_path / "w.npz")
+    b.load_weights(tmp_path / "w.npz")
+    c = _model(20)
+    serialization.load_weights(c, tmp_path / "w.npz")
+    for name, value in _snapshot(a).items():
+        np.testing.assert_array_equal(_snapshot(b)[name], value, err_msg=name)
+        np.testing.assert_array_equal(_snapshot(c)[name], value, err_msg=name)

@@ -268,7 +268,7 @@ def test_ex8_3_swapaxes_gradient_check_and_function(exercise, rng):
 # ---------------------------------------------------------------- 練習 8-4: EmbedID
 
 EMBED_ADD_HINT = ("同じ番号が何回も出てくると、gW[ids] += gy は 1 回分しか足しません（本文 8.6 節）。"
-                  "np.add.at(gW, ids, gy) か cuda.scatter_add(gW, ids, gy) で足し込みます。")
+                  "xp.add.at(gW, ids, gy)（CPU なら np.add.at）で足し込みます。")
 
 
 def _ids_with_repeats(rng, vocab, shape):

@@ -1,7 +1,8 @@
 """第9章の隠しテスト（線形回帰と MLP）。
 
 練習のノートブックは mini_dl パッケージの Parameter・Layer・Model・関数を使うので、テストもパッケージを使います。
-よくある間違い（パラメータの順番、float64 への昇格、cleargrad の忘れ、N で割り忘れ、Softplus のオーバーフロー）は、
+よくある間違い（パラメータの順番、float64 への昇格、cleargrad の忘れ、要素の数で割り忘れ・最初の軸の長さで割る、
+Softplus のオーバーフロー）は、
 テストの中で同じ間違いをした答えを作って見比べ、当てはまればそのことをヒントで伝えます。
 """
 import warnings
@@ -243,7 +244,7 @@ def _huber_ref(x0, x1, delta):
     r = np.asarray(x0, np.float64) - np.asarray(x1, np.float64)
     a = np.abs(r)
     h = np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
-    return h.sum() / len(r), np.clip(r, -delta, delta) / len(r), h, r
+    return h.sum() / r.size, np.clip(r, -delta, delta) / r.size, h, r  # すべての要素の平均（PyTorch の huber_loss と同じ）
 
 
 def _huber_inputs(rng, dtype=np.float32, ndim=2):
@@ -269,28 +270,30 @@ def test_ex9_3_huber_forward_and_backward_float32(exercise, rng):
         loss = ex(v0, v1, delta)
         ld = _data(ex, loss, inputs, "huber_loss の戻り値")
         ref, g_ref, h, r = _huber_ref(x0, x1, delta)
-        N = len(r)
+        n, rows = r.size, len(r)
         hint = pick_hint(ld, {
-            "最初の軸の長さ N で割るのを忘れていませんか。": ref * N,
-            "割るのは要素の数ではなく、最初の軸の長さ N（len(x0)）です（mean_squared_error と同じ規則）。": ref * N / r.size,
+            "すべての要素の数 n（x0.size）で割るのを忘れていませんか。": ref * n,
+            "割るのは最初の軸の長さ len(x0) ではなく、すべての要素の数 x0.size です（平均はすべての要素についてとります。"
+            "mean_squared_error も PyTorch の F.huber_loss も同じ規則です）。": ref * n / rows,
             "|r| > δ のときは δ(|r| - δ/2) です。δ/2 を引き忘れていませんか。":
-                np.where(np.abs(r) <= delta, 0.5 * r * r, delta * np.abs(r)).sum() / N,
+                np.where(np.abs(r) <= delta, 0.5 * r * r, delta * np.abs(r)).sum() / n,
             "|r| ≤ δ のときは r²/2 です。1/2 を掛け忘れていませんか。":
-                np.where(np.abs(r) <= delta, r * r, delta * (np.abs(r) - 0.5 * delta)).sum() / N,
-        }, "h(r) = r²/2（|r| ≤ δ）、δ(|r| - δ/2)（|r| > δ）を要素ごとに計算し、和を N = len(r) で割ります。")
+                np.where(np.abs(r) <= delta, r * r, delta * (np.abs(r) - 0.5 * delta)).sum() / n,
+        }, "h(r) = r²/2（|r| ≤ δ）、δ(|r| - δ/2)（|r| > δ）を要素ごとに計算し、和をすべての要素の数 n = r.size で割ります。")
         ex.check_close(ld, ref, rtol=1e-5, atol=1e-6, inputs=inputs, hint=hint)
         ex.check_close(ld, np.float32(ref), rtol=1e-5, atol=1e-6, check_dtype=True, inputs=inputs,
-                       hint="損失は 0 次元の float32 の配列にします。N で割るときは r.dtype.type(len(r)) のように float32 にそろえます。")
+                       hint="損失は 0 次元の float32 の配列にします。n で割るときは r.dtype.type(r.size) のように float32 にそろえます。")
         ex.run(loss.backward)
         for v, sign, name in ((v0, 1, "x0"), (v1, -1, "x1")):
             if v.grad is None:
                 ex.fail(f"逆伝播の後、{name}.grad が None です。", inputs=inputs, expected="勾配", actual=None,
                         hint="backward は (x0 の勾配, x1 の勾配) の 2 つを返します。")
             hint = pick_hint(v.grad.data, {
-                "勾配も N で割ります。": sign * g_ref * N,
-                f"{name} の勾配の符号が逆です。∂L/∂x0 = clip(r)/N、∂L/∂x1 = -clip(r)/N です。": -sign * g_ref,
-                "勾配を δ で切り詰めていません（|r| > δ では ±δ/N）。": sign * r / N,
-            }, "∂L/∂x0 = gy × clip(x0 - x1, -δ, δ) / N、∂L/∂x1 = -∂L/∂x0 です。")
+                "勾配もすべての要素の数 n（r.size）で割ります。": sign * g_ref * n,
+                "勾配は最初の軸の長さ len(r) ではなく、すべての要素の数 r.size で割ります。": sign * g_ref * n / rows,
+                f"{name} の勾配の符号が逆です。∂L/∂x0 = clip(r)/n、∂L/∂x1 = -clip(r)/n です。": -sign * g_ref,
+                "勾配を δ で切り詰めていません（|r| > δ では ±δ/n）。": sign * r / n,
+            }, "∂L/∂x0 = gy × clip(x0 - x1, -δ, δ) / n、∂L/∂x1 = -∂L/∂x0 です（n = r.size）。")
             ex.check_close(v.grad.data, sign * g_ref, rtol=1e-5, atol=1e-6, inputs=f"{inputs}、{name}.grad を確認", hint=hint)
             ex.check_close(v.grad.data, (sign * g_ref).astype(np.float32), rtol=1e-5, atol=1e-6, check_dtype=True,
                            inputs=f"{inputs}、{name}.grad を確認", hint="勾配も float32 のままにします。")
@@ -306,7 +309,7 @@ def test_ex9_3_huber_passes_gradient_check(exercise, rng):
         raise
     except AssertionError as e:
         ex.fail("逆伝播が数値微分と合いません。", inputs=inputs, show_values=False,
-                hint=f"{e}\n  ∂L/∂x0 = gy × clip(x0 - x1, -δ, δ) / N、∂L/∂x1 = -∂L/∂x0 です。")
+                hint=f"{e}\n  ∂L/∂x0 = gy × clip(x0 - x1, -δ, δ) / n、∂L/∂x1 = -∂L/∂x0 です（n = r.size）。")
 
 
 def test_ex9_3_huber_rejects_different_shapes(exercise, rng):

@@ -1,13 +1,15 @@
 """第10章の隠しテスト（最適化手法・スケジューラ・フック・学習率・初期値）。
 
 練習のノートブックは mini_dl パッケージの Optimizer などを使うので、テストもパッケージを使います。
-よくある間違い（古い m で c を作らない、1 つずれた指数、np.float64 の学習率、固有値ではなく対角成分）は、
+よくある間違い（古い m で c を作らない、1 つずれた指数、np.float64 の学習率、固有値ではなく対角成分、
+勾配の配列へのその場での書き込み）は、
 テストの中で同じ間違いをした答えを作って見比べ、当てはまればそのことをヒントで伝えます。
 """
 import functools
 
 import numpy as np
 
+import mini_dl.functions as F
 import mini_dl.layers as L
 from grader import ExerciseFailure, pick_hint
 from mini_dl import Parameter
@@ -106,7 +108,44 @@ def _grads(rng):
     return params
 
 
-def test_ex10_2_clips_each_element_in_place(exercise, rng):
+HINT_IN_PLACE = ("勾配の配列にその場で書き込んでいます（np.clip(..., out=g)、g[...] = ...、g *= ... など）。"
+                 "勾配は複数のパラメータに共有されていたり（b1 + b2 の逆伝播では b1.grad is b2.grad）、"
+                 "書き込めないビュー（F.sum(w) の勾配）だったりします（本文 10.4 節）。"
+                 "xp.clip(g, -max_value, max_value) で新しい配列を作り、param.grad = Variable(新しい配列) と入れ直します。")
+HINT_DATA_REBIND = ("param.grad.data = ... と、勾配の Variable の中身を入れ替えています。勾配の Variable は複数のパラメータに"
+                    "共有されていることがあり（b1 + b2 の逆伝播では b1.grad is b2.grad）、中身を入れ替えると、ほかのパラメータの"
+                    "勾配まで変わります。param.grad = Variable(新しい配列) と、パラメータの grad そのものを入れ直します。")
+
+
+HINT_UNCHANGED = ("勾配が変わっていません。クリップした新しい配列を作り、param.grad = Variable(新しい配列) と入れ直します"
+                  "（新しい配列を作って変数に入れたり、リストを返したりするだけでは、最適化手法には伝わりません）。")
+
+
+def _check_not_written(ex, grads, arrays, copies, inputs):
+    """フックのあと、元の勾配の Variable と配列が変わっていないことを確かめます。"""
+    for var, arr, copy in zip(grads, arrays, copies):
+        if not np.array_equal(arr, copy):
+            ex.fail("元の勾配の配列が書き換えられました。", inputs=inputs, expected=copy, actual=arr, hint=HINT_IN_PLACE)
+        if var.data is not arr:
+            ex.fail("元の勾配の Variable の data が入れ替えられました。", inputs=inputs, expected="元の配列のまま",
+                    actual=var.data, hint=HINT_DATA_REBIND)
+
+
+def _call_hook(ex, hook, params):
+    """フックを呼びます。書き込めない勾配に書き込もうとした ValueError は、ヒント付きの不合格にします。"""
+    def call():
+        try:
+            hook(params)
+        except ValueError as exc:
+            if "read-only" in str(exc):
+                ex.fail(f"書き込めない勾配に書き込もうとして、ValueError: {exc} になりました。",
+                        inputs="F.sum(w).backward() で求めた勾配（broadcast_to の書き込めないビュー）",
+                        show_values=False, hint=HINT_IN_PLACE)
+            raise
+    ex.run(call)
+
+
+def test_ex10_2_clips_each_element(exercise, rng):
     ex = exercise("10-2", "ClipValue")
     max_value = _r(rng.uniform(0.5, 2.0), 3)
     params = _grads(rng)
@@ -114,10 +153,11 @@ def test_ex10_2_clips_each_element_in_place(exercise, rng):
     params[-1].grad.data[...] = -5.0  # 0 次元の勾配も下側で切られる
     before_data = [p.data.copy() for p in params]
     before = [p.grad.data.copy() for p in params]
+    grads, arrays = [p.grad for p in params], [p.grad.data for p in params]
     inputs = (f"ClipValue({max_value})(params)、勾配の shape = {[p.grad.shape for p in params]}、"
               f"最初の勾配 = {np.round(before[0], 3).tolist()}（float32）")
     hook = ex(max_value)
-    ex.run(hook, params)
+    _call_hook(ex, hook, params)
     for p, g0, d0 in zip(params, before, before_data):
         got = p.grad.data
         expected = np.clip(g0, -max_value, max_value)
@@ -125,15 +165,62 @@ def test_ex10_2_clips_each_element_in_place(exercise, rng):
             ex.fail(f"勾配の dtype が {got.dtype} になりました。", inputs=inputs, expected="float32", actual=got.dtype,
                     hint="np.float64 の上限や .astype(np.float64) を使わず、Python の数 max_value のまま np.clip に渡します。")
         hint = _pick_hint(got, {
-            "勾配が変わっていません。param.grad.data をその場で書き換えるか、クリップした配列を param.grad.data に入れ直します"
-            "（新しいリストを返すだけでは、最適化手法には伝わりません）。": g0,
+            HINT_UNCHANGED: g0,
             "負の側が切られていません。下限 -max_value でも切ります（np.clip(g, -max_value, max_value)）。": np.minimum(g0, max_value),
             "ノルムで縮めています。この練習では、要素ごとに範囲に収めます（範囲の中の要素は変えません）。":
                 g0 * min(1.0, max_value / (np.sqrt((g0.astype(np.float64) ** 2).sum()) + 1e-6)),
         }, "各要素を [-max_value, max_value] に収めます（np.clip）。")
         ex.check_close(got, expected, rtol=0, atol=0, check_dtype=True, inputs=inputs, hint=hint)
         ex.check_close(p.data, d0, rtol=0, atol=0, inputs=inputs,
-                       hint="パラメータの値 param.data は変えません。書き換えるのは勾配 param.grad.data です。")
+                       hint="パラメータの値 param.data は変えません。変えるのは勾配 param.grad です。")
+    _check_not_written(ex, grads, arrays, before, inputs)
+
+
+class _TwoBiases(Model):
+    def __init__(self, b1, b2):
+        super().__init__()
+        self.b1 = Parameter(b1)
+        self.b2 = Parameter(b2)
+
+
+def test_ex10_2_shared_gradient_is_not_written(exercise, rng):
+    ex = exercise("10-2", "ClipValue")
+    max_value = _r(rng.uniform(0.5, 1.5), 3)
+    n = int(rng.integers(3, 7))
+    c = (rng.standard_normal(n) * 3).astype(np.float32)
+    c[:2] = [3.0, -3.0]  # 上側と下側の両方で切られる要素を必ず入れる
+    model = _TwoBiases(rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32))
+    F.sum((model.b1 + model.b2) * c).backward()
+    assert model.b1.grad is model.b2.grad
+    shared, shared_array = model.b1.grad, model.b1.grad.data
+    inputs = (f"b1, b2 は {n} 要素のバイアス、F.sum((b1 + b2) * c).backward() のあと（b1.grad is b2.grad）、"
+              f"ClipValue({max_value})([b1, b2])、共有された勾配 = {np.round(c, 3).tolist()}")
+    hook = ex(max_value)
+    _call_hook(ex, hook, [model.b1, model.b2])
+    _check_not_written(ex, [shared], [shared_array], [c], inputs)
+    for name in ("b1", "b2"):
+        p = getattr(model, name)
+        hint = _pick_hint(p.grad.data, {HINT_UNCHANGED: c}, "各要素を [-max_value, max_value] に収めます（xp.clip）。")
+        ex.check_close(p.grad.data, np.clip(c, -max_value, max_value), rtol=0, atol=0, check_dtype=True,
+                       inputs=inputs + f"、{name}.grad", hint=hint)
+
+
+def test_ex10_2_read_only_gradient(exercise, rng):
+    ex = exercise("10-2", "ClipValue")
+    max_value = _r(rng.uniform(0.2, 0.8), 3)
+    shape = (int(rng.integers(2, 5)), int(rng.integers(2, 5)))
+    w = Parameter(rng.standard_normal(shape).astype(np.float32))
+    F.sum(w).backward()  # 勾配はすべて 1 の、書き込めない（ストライド 0 の）ビュー
+    assert not w.grad.data.flags.writeable
+    inputs = f"w: {shape}、F.sum(w).backward() のあと（勾配は書き込めない配列）、ClipValue({max_value})([w])"
+    grad, array = w.grad, w.grad.data
+    hook = ex(max_value)
+    _call_hook(ex, hook, [w])
+    _check_not_written(ex, [grad], [array], [np.ones(shape, dtype=np.float32)], inputs)
+    hint = _pick_hint(w.grad.data, {HINT_UNCHANGED: np.ones(shape)},
+                      "各要素を [-max_value, max_value] に収めた新しい配列で、param.grad を入れ直します。")
+    ex.check_close(w.grad.data, np.full(shape, max_value, dtype=np.float32), rtol=0, atol=0, check_dtype=True,
+                   inputs=inputs, hint=hint)
 
 
 def test_ex10_2_as_optimizer_hook(exercise, rng):
@@ -157,7 +244,7 @@ def test_ex10_2_as_optimizer_hook(exercise, rng):
     ex.run(opt.update)
     ex.check_close(model.w.data, w0 - np.float32(lr) * np.clip(gw, -max_value, max_value), rtol=1e-6, atol=1e-7,
                    check_dtype=True, inputs=inputs,
-                   hint="フックは、勾配を書き換えてから SGD が更新するように、param.grad.data を変えます。")
+                   hint="フックは、SGD が更新する前に、クリップした新しい配列で param.grad を入れ直します。")
     ex.check_close(model.b.data, b0 - np.float32(lr) * np.clip(gb, -max_value, max_value), rtol=1e-6, atol=1e-7,
                    check_dtype=True, inputs=inputs, hint="すべてのパラメータ（params のすべて）の勾配をクリップします。")
 

@@ -21,7 +21,7 @@ from mini_dl.models import Sequential
 # この章では、nan どうしも「同じ間違い」とみなします
 _pick_hint = functools.partial(pick_hint, equal_nan=True)
 
-F32_HINT = ("float32 の入力には float32 を返します。np.full(..., eps / C) や np.eye(C) は既定で float64 なので、"
+F32_HINT = ("float32 の入力には float32 を返します。np.full(..., eps / C) や np.zeros((N, C)) は既定で float64 なので、"
             "dtype=x.dtype を指定しないと、NumPy 2 の規則で損失が float64 に昇格します。")
 
 
@@ -166,6 +166,39 @@ def test_ex11_1_label_smoothing_gradient(exercise, rng):
                     show_values=False, hint="既存の関数の組み合わせなら、逆伝播は自動的に正しくなるはずです。")
         except Exception as e:
             ex.run(_reraise, e)
+
+
+class _NoEye(Exception):
+    pass
+
+
+def _no_eye(*args, **kwargs):
+    raise _NoEye("np.eye・np.identity は使わないでください（C が語彙の数ほど大きいと、C×C の巨大な配列になります）")
+
+
+def test_ex11_1_label_smoothing_with_a_large_vocabulary_without_eye(exercise, rng, monkeypatch):
+    ex = exercise("11-1", "cross_entropy_with_label_smoothing")
+    N, C = 3, 50_000  # GPT の語彙くらいのクラスの数: eye(C) なら float32 でも 10 GB
+    x = (rng.standard_normal((N, C)) * 2).astype(np.float32)
+    t = rng.integers(0, C, size=N)
+    eps = 0.1
+    inputs = f"x: shape {x.shape} の float32（クラスの数 C = {C}）、t={t.tolist()}、eps={eps}"
+    monkeypatch.setattr(np, "eye", _no_eye)
+    monkeypatch.setattr(np, "identity", _no_eye)
+    xv = Variable(x.copy())
+    try:
+        loss = _loss_variable(ex, ex.obj(xv, t.copy(), eps), inputs)
+    except _NoEye:
+        ex.fail("np.eye(C) で one-hot を作っています。", inputs=inputs, show_values=False,
+                hint="C が大きいと eye(C) は C×C の巨大な配列です。(N, C) の配列を作り、q[np.arange(N), t] に "
+                     "1 - ε を足して作ります（本文 11.2 節の SoftmaxCrossEntropy.backward と同じ考え方）。")
+    except Exception as e:
+        ex.run(_reraise, e)
+    expected, grad = _ls_ref(x, t, eps)
+    ex.check_close(loss.data, np.float32(expected), rtol=1e-4, atol=1e-5, check_dtype=True, inputs=inputs,
+                   hint=F32_HINT)
+    ex.run(loss.backward)
+    ex.check_close(xv.grad.data, grad, rtol=1e-4, atol=1e-7, inputs=inputs)
 
 
 # --- 練習 11-2: 混同行列 --------------------------------------------------------------------------

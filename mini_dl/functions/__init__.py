@@ -1,0 +1,107 @@
+"""関数（``mini_dl.functions``、``import mini_dl.functions as F`` と使います）。
+
+微分できる関数を、種類ごとのモジュールに分けて置いています。このファイルは、それらを
+``F.relu`` のように 1 か所から使えるようにまとめるだけです。
+
+* ``tensor``: 形を扱う関数（reshape・transpose・sum・添字・行列積・concat・where など、第8章）
+* ``math``: 四則演算と要素ごとの数学関数（第6〜7章）
+* ``nn``: 活性化関数・全結合・ソフトマックス・ドロップアウト（第9章・第11章）
+* ``loss``: 損失関数と正解率（第9章・第11章）
+* ``norm``: 正規化（第11章）
+* ``operators``: ``Variable`` に演算子を取り付ける ``setup_variable``（第8章）
+
+どの関数も ``forward`` は配列で、``backward`` は ``Variable`` で計算するので、何回でも微分できます（第7章）。
+"""
+from mini_dl.functions.tensor import (  # noqa: F401
+    AsType,
+    astype,
+    broadcast_to,
+    BroadcastTo,
+    Clip,
+    clip,
+    Concat,
+    concat,
+    get_item,
+    GetItem,
+    GetItemGrad,
+    MatMul,
+    matmul,
+    Max,
+    max,
+    Mean,
+    mean,
+    Min,
+    min,
+    Reshape,
+    reshape,
+    stack,
+    Sum,
+    sum,
+    sum_to,
+    sum_to_array,
+    SumTo,
+    Transpose,
+    transpose,
+    Where,
+    where,
+)
+from mini_dl.functions.math import (  # noqa: F401
+    Add,
+    add,
+    as_operands,
+    Cos,
+    cos,
+    Div,
+    div,
+    Exp,
+    exp,
+    Log,
+    log,
+    Mul,
+    mul,
+    Neg,
+    neg,
+    Pow,
+    pow,
+    Sin,
+    sin,
+    Square,
+    square,
+    Sub,
+    sub,
+    Tanh,
+    tanh,
+)
+from mini_dl.functions.nn import (  # noqa: F401
+    Dropout,
+    dropout,
+    leaky_relu,
+    LeakyReLU,
+    Linear,
+    linear,
+    linear_simple,
+    log_softmax,
+    LogSoftmax,
+    ReLU,
+    relu,
+    Sigmoid,
+    sigmoid,
+    Softmax,
+    softmax,
+)
+from mini_dl.functions.loss import (  # noqa: F401
+    accuracy,
+    mean_squared_error,
+    mean_squared_error_simple,
+    MeanSquaredError,
+    softmax_cross_entropy,
+    softmax_cross_entropy_simple,
+    SoftmaxCrossEntropy,
+)
+from mini_dl.functions.norm import (  # noqa: F401
+    batch_norm,
+    BatchNorm,
+)
+from mini_dl.functions.operators import (  # noqa: F401
+    setup_variable,
+)
