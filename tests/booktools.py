@@ -1,6 +1,7 @@
 """本のノートブックを扱う小さな道具（テストと執筆の両方で使います）。
 
-    python tests/booktools.py setup-cells   # 各ノートブックの先頭セル（Colab 用）を書き直す
+    python tests/booktools.py setup-cells             # 各ノートブックの先頭セル（Colab 用）を書き直す
+    python tests/booktools.py run book/chNN_xxx.ipynb  # 章を上から実行し、同じ書式で保存する
 
 リポジトリの URL は ``_config.yml`` の ``repository.url`` にだけ書き、
 ノートブックの先頭セルはそこから作ります。
@@ -109,7 +110,24 @@ def set_setup_cell(path, kind):
     write_nb(path, nb)
 
 
+def run(path, timeout=600):
+    """ノートブックを上から実行し（作業フォルダはノートブックのあるフォルダ）、``write_nb`` の書式で保存します。"""
+    import nbclient
+    import nbformat
+
+    path = pathlib.Path(path).resolve()
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    write_nb(path, json.loads(nbformat.writes(nb)))
+
+
 def main(argv):
+    if argv[:1] == ["run"] and len(argv) > 1:
+        for p in argv[1:]:
+            run(p)
+            print(f"実行して保存しました: {p}")
+        return 0
     if argv[:1] == ["setup-cells"]:
         for p in toc_notebooks():
             set_setup_cell(p, "book")

@@ -82,7 +82,7 @@ def test_dropout_training_and_inference():
     y = F.dropout(x, 0.3, training=True, rng=np.random.default_rng(0))
     assert y.dtype == np.float32
     kept = y.data != 0
-    assert abs(kept.mean() - 0.7) < 0.02
+    assert abs(kept.mean() - 0.7) < 0.013  # 標準偏差 0.0032 の 4 倍
     np.testing.assert_allclose(y.data[kept], 1 / 0.7, rtol=1e-6)
     y.grad = np.ones_like(y.data)
     y.backward()
@@ -362,3 +362,11 @@ def test_batch_norm_momentum_keeps_the_old_value():
     F.batch_norm(x, np.ones(2, np.float32), np.zeros(2, np.float32), mean, var, momentum=0.9)
     np.testing.assert_allclose(mean, 0.9 * 1.0 + 0.1 * x.mean(axis=0), rtol=1e-6)
     assert L.BatchNorm().momentum == 0.9
+
+
+def test_softmax_cross_entropy_rejects_labels_on_another_device(xp):
+    if xp is np:
+        pytest.skip("装置の食い違いは GPU があるときだけ起きます")
+    x = Variable(xp.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="同じ装置"):
+        F.softmax_cross_entropy(x, np.array([0, 1]))  # CPU のラベルで GPU のロジットを添字しない

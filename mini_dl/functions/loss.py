@@ -116,7 +116,7 @@ def softmax_cross_entropy(x, t):
         Variable: 損失（0 次元、``x`` と同じ dtype）。
 
     Raises:
-        TypeError: ``t`` が整数の配列でないとき。
+        TypeError: ``t`` が整数の配列でないとき。``x`` と ``t`` の装置（NumPy と CuPy）が違うとき。
         ValueError: ``x`` が 2 次元でないか、``t`` の長さが ``x`` の行数と違うとき。
             ``t`` に 0 以上 C 未満でないクラス番号があるとき（CuPy は範囲外の番号を黙って
             折り返してしまうので、ここで調べます）。
@@ -128,6 +128,12 @@ def softmax_cross_entropy(x, t):
         raise ValueError(
             f"softmax_cross_entropy の shape が合いません: x {x.shape}、t {t_data.shape}"
             f"（x は (N, C)、t は (N,) にします）"
+        )
+    if cuda.get_array_module(t_data) is not cuda.get_array_module(x):
+        raise TypeError(
+            "softmax_cross_entropy の x と t は同じ装置（CPU か GPU）に置きます"
+            f"（受け取った型: x {type(getattr(x, 'data', x)).__name__}、t {type(t_data).__name__}。"
+            "GPU なら t も cuda.as_cupy(t) で GPU に移してください）"
         )
     C = x.shape[1]
     if t_data.size:
