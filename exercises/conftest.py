@@ -1,5 +1,9 @@
 """``pytest exercises/`` で練習問題を採点するための設定（中身は grader.py にあります）。"""
-import grader
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # import grader（--import-mode に関係なく）
+import grader  # noqa: E402
 
 # 練習のノートブック自体はテストとして集めません（採点は hidden/ の隠しテストが行います）。
 collect_ignore_glob = ["*.ipynb"]

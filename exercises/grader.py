@@ -10,6 +10,10 @@
 隠しテストは ``exercise`` フィクスチャで解答を受け取り、答えが違えば
 「どの練習か・期待した値・返ってきた値・ヒント」を日本語で報告します。
 入力は毎回ランダムに作るので、例の答えを書き写しただけでは通りません。
+
+どちらの使い方でも、読者のコードは章ごとの子プロセスで実行します（``_runner.py``）。
+無限ループ・``sys.exit``・segfault などは、その練習（またはそのセル）だけを不合格にして、
+残りの採点を続けます。
 """
 import ast
 import json
@@ -17,7 +21,6 @@ import linecache
 import os
 import pathlib
 import re
-import secrets
 import sys
 import traceback
 
@@ -28,12 +31,33 @@ EXERCISES_DIR = pathlib.Path(__file__).resolve().parent
 HIDDEN_DIR = EXERCISES_DIR / "hidden"
 # 1 つのテストの制限時間（秒）。無限ループしても、その練習だけが失敗します。
 DEFAULT_TIMEOUT = float(os.environ.get("MINI_DL_GRADER_TIMEOUT", "10"))
+# 解答を読み込むときの、1 つのセルの制限時間（秒）。過ぎたセルは飛ばして採点します。
+DEFAULT_CELL_TIMEOUT = 30.0
 
 SKIP_TAG = "grader-skip"
+TRIAL_MARK = "# 試してみる"
 EXERCISE_RE = re.compile(r"練習\s*(\d+)-(\d+)")
 
 # ノートブックから grade() したときに、採点対象の名前空間を置いておく場所
 _injected_namespaces = {}
+# 採点の子プロセスの中では True（その中から grade() は呼べません）
+_in_worker = False
+
+
+def test_timeout():
+    """1 つのテストの制限時間（秒）。環境変数 ``MINI_DL_GRADER_TIMEOUT`` で変えられます。"""
+    return float(os.environ.get("MINI_DL_GRADER_TIMEOUT", DEFAULT_TIMEOUT))
+
+
+def cell_timeout():
+    """解答を読み込むときの 1 つのセルの制限時間（秒）。``MINI_DL_GRADER_CELL_TIMEOUT`` で変えられます。"""
+    return float(os.environ.get("MINI_DL_GRADER_CELL_TIMEOUT", DEFAULT_CELL_TIMEOUT))
+
+
+def header_of(item):
+    """pytest のテスト ``item`` の見出し（例: ``練習 2-3（test_ex2_3_...）``）。"""
+    m = re.match(r"test_ex(\d+)_(\d+)", item.name)
+    return f"練習 {m.group(1)}-{m.group(2)}（{item.name}）" if m else item.name
 
 
 class ExerciseFailure(AssertionError):
@@ -58,15 +82,30 @@ def _short(value, limit=400):
 
 
 def notebook_cells(path):
-    """ノートブックのコードセルを ``(source, tags)`` の列で返します。"""
-    nb = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        source = cell["source"]
-        if isinstance(source, list):
-            source = "".join(source)
-        yield source, cell.get("metadata", {}).get("tags", [])
+    """ノートブックのコードセルを ``(source, tags)`` のリストで返します。
+
+    Raises:
+        ExerciseFailure: ノートブックが壊れていて読めないとき（日本語の説明つき）。
+    """
+    path = pathlib.Path(path)
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = []
+        for cell in nb["cells"]:
+            if cell.get("cell_type") != "code":
+                continue
+            source = cell["source"]
+            if isinstance(source, list):
+                source = "".join(source)
+            if not isinstance(source, str):
+                raise TypeError("セルの source が文字列ではありません")
+            cells.append((source, cell.get("metadata", {}).get("tags", [])))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExerciseFailure(
+            f"{path.name} を読み込めませんでした（ノートブックの形式が壊れています: {type(exc).__name__}: {exc}）。\n"
+            "  Jupyter で開けるか確かめ、保存し直すか、git などで壊れる前の版に戻してください。"
+        ) from None
+    return cells
 
 
 def answer_cells(path):
@@ -80,30 +119,98 @@ def answer_cells(path):
     return found
 
 
-def load_notebook(path):
+def _exercise_number(source):
+    first = source.lstrip().split("\n", 1)[0]
+    m = EXERCISE_RE.search(first) if first.startswith("#") else None
+    return f"{m.group(1)}-{m.group(2)}" if m else None
+
+
+def load_notebook(path, on_cell=None, skip=None, notes=None):
     """ノートブックのコードセルを上から順に実行し、``(名前空間, セルごとのエラー)`` を返します。
 
     ``grader-skip`` タグの付いたセル（Colab の準備や採点セル）は実行しません。
-    あるセルで例外が起きても、残りのセルは実行を続けます。エラーは、そのセルが
-    定義しようとした名前ごとに記録し、採点のときに読者へ伝えます。
+    あるセルで例外が起きても（``SystemExit`` や ``KeyboardInterrupt`` でも）、残りのセルは
+    実行を続けます。エラーは、そのセルが定義しようとした名前ごとに記録し、採点のときに読者へ伝えます。
+
+    Args:
+        path: ノートブックのパス。
+        on_cell: セルを実行する直前に ``on_cell(セル番号, 練習番号または None)`` を呼びます。
+        skip: 実行しないセル ``{セル番号: 理由}``。そのセルで定義する名前のエラーに理由を記録します。
+        notes: 辞書を渡すと、「試してみる」のセルでだけ定義した名前の説明 ``{名前: 説明}`` を入れます。
     """
     namespace = {"__name__": "__exercise__"}
     errors = {}
+    skip = skip or {}
+    trial = {}
     for i, (source, tags) in enumerate(notebook_cells(path), start=1):
+        if SKIP_TAG in tags and source.lstrip().startswith(TRIAL_MARK):
+            trial.update(dict.fromkeys(_defined_names(source), i))
         if SKIP_TAG in tags or not source.strip():
             continue
         lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("!", "%"))]
         code = "\n".join(lines)
+        number = _exercise_number(source)
+        if i in skip:
+            for name in _defined_names(code) + [f"#{number}"]:
+                errors.setdefault(name, skip[i])
+            continue
+        if on_cell is not None:
+            on_cell(i, number)
         # エラーの場所に、ノートブックの JSON ではなくセルの行が出るように、セルごとの名前で登録する
         filename = f"<{pathlib.Path(path).name} のコードセル {i}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
         try:
             exec(compile(code, filename, "exec"), namespace)
-        except Exception as exc:  # 読者のコードは何を投げるか分からない
-            message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            for name in _defined_names(code):
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # 読者のコードは何を投げるか分からない
+            message = _describe(exc, filename)
+            for name in _defined_names(code) + [f"#{number}"]:
                 errors.setdefault(name, message)
+    for name, i in trial.items():
+        if name not in namespace and notes is not None:
+            notes.setdefault(name, trial_note(name, f"コードセル {i}"))
     return namespace, errors
+
+
+def trial_note(name, where):
+    """「試してみる」のセルでだけ定義した名前の説明。"""
+    return (f"`{name}` は「試してみる」のセル（{where}）でだけ定義されています。採点では試してみるセルを"
+            f"実行しないので、解答に使う関数や値は、練習のセルの中で定義してください。")
+
+
+def forget_trial_names(namespace):
+    """カーネルの名前空間から、「試してみる」のセルでだけ定義した名前を除き、``{名前: 説明}`` を返します。
+
+    ``grade()`` が採点の子プロセスで使い、保存したノートブックの採点と同じ扱いにします
+    （実行したセルの記録 ``In`` を使うので、IPython の外では何もしません）。
+    """
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return {}
+    trial, elsewhere = set(), set()
+    for source in history:
+        if not isinstance(source, str):
+            continue
+        names = set(_defined_names(source))
+        (trial if source.lstrip().startswith(TRIAL_MARK) else elsewhere).update(names)
+    notes = {}
+    for name in trial - elsewhere:
+        if namespace.pop(name, None) is not None:
+            notes[name] = trial_note(name, "このノートブック")
+    return notes
+
+
+def _describe(exc, filename):
+    """セルの実行中の例外を、例外の 1 行とセルの中の場所で説明します。"""
+    if isinstance(exc, SystemExit):
+        message = "SystemExit: sys.exit() / exit() が呼ばれました（解答のセルでは呼ばないでください）"
+    elif isinstance(exc, KeyboardInterrupt):
+        message = "KeyboardInterrupt: 実行が中断されました"
+    else:
+        message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == filename]
+    if frames:
+        message += f"\n  場所: コードセルの {frames[-1].lineno} 行目: {frames[-1].line}"
+    return message
 
 
 def _defined_names(code):
@@ -128,14 +235,19 @@ class Exercise:
     ``ex(...)`` で読者の関数を呼び、``ex.check_close(...)`` などで確かめます。
     """
 
-    def __init__(self, number, name, obj, seed):
+    def __init__(self, number, name, obj, seed, notes=None):
         self.number = number
         self.name = name
         self.obj = obj
         self.seed = seed
+        self.notes = notes or {}  # 名前 → 読み込みのときに分かったこと（NameError の説明に使います）
 
     def _header(self):
         return f"練習 {self.number}（{self.name}）"
+
+    def _seed_line(self):
+        return (f"  （乱数のシード: {self.seed}。`pytest exercises/ --seed {self.seed}` で同じ入力を"
+                "再現できます）")
 
     def fail(self, message, *, inputs=None, expected=None, actual=None, hint=None, show_values=True):
         """日本語のフィードバックを付けて、この練習を不合格にします。"""
@@ -147,7 +259,9 @@ class Exercise:
             lines.append(f"  返った値:   {_short(actual)}")
         if hint:
             lines.append(f"  ヒント:     {hint}")
-        lines.append(f"  （乱数のシード: {self.seed}）")
+        if show_values and actual is None and expected is not None:
+            lines.append("  （None が返りました。関数の最後の `return` を書き忘れていませんか。）")
+        lines.append(self._seed_line())
         raise ExerciseFailure("\n".join(lines))
 
     def run(self, func, *args, **kwargs):
@@ -161,18 +275,26 @@ class Exercise:
             ) from None
         except ExerciseFailure:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             frames = traceback.extract_tb(exc.__traceback__)
             # 読者のセル（ノートブック）の中でいちばん深い場所を示します
             cells = [f for f in frames[1:] if f.filename.startswith("<") or "ipykernel" in f.filename]
             mine = [f for f in frames[1:]
                     if "site-packages" not in f.filename and not f.filename.startswith(sys.base_prefix)]
             where = (cells or mine or frames)[-1]
+            if isinstance(exc, SystemExit):
+                what = "sys.exit() / exit() が呼ばれました（解答の中では呼ばず、答えを return してください）"
+            elif isinstance(exc, KeyboardInterrupt):
+                what = "KeyboardInterrupt が送出されました"
+            else:
+                what = f"{type(exc).__name__}: {exc}"
+            missing = getattr(exc, "name", None) if isinstance(exc, NameError) else None
+            note = f"\n  ヒント:     {self.notes[missing]}" if missing in self.notes else ""
             raise ExerciseFailure(
                 f"{self._header()}: 実行中に例外が起きました。\n"
-                f"  {type(exc).__name__}: {exc}\n"
-                f"  場所: {where.name}() の {where.lineno} 行目: {where.line}\n"
-                f"  （乱数のシード: {self.seed}）"
+                f"  {what}\n"
+                f"  場所: {where.name}() の {where.lineno} 行目: {where.line}{note}\n"
+                f"{self._seed_line()}"
             ) from None
 
     def __call__(self, *args, **kwargs):
@@ -191,7 +313,16 @@ class Exercise:
 
     def check_equal(self, actual, expected, *, inputs=None, hint=None):
         """``actual == expected`` を確かめます（タプル・リスト・数値向け）。"""
-        if actual != expected:
+        if isinstance(actual, np.ndarray) and not isinstance(expected, np.ndarray):
+            self.fail(f"{type(expected).__name__} を返してください（NumPy の配列 ndarray が返りました）。",
+                      inputs=inputs, expected=expected, actual=actual,
+                      hint=hint if not isinstance(expected, tuple) else
+                      "タプルを返すときは `tuple(...)` で変換するか、`return (a, b)` の形で返します。")
+        try:
+            different = bool(actual != expected)
+        except Exception:  # 比べられない値（配列の入ったタプルなど）は「違う」とみなします
+            different = True
+        if different:
             self.fail("答えが違います。", inputs=inputs, expected=expected, actual=actual, hint=hint)
 
     def check_close(self, actual, expected, *, rtol=1e-5, atol=1e-8, inputs=None, hint=None,
@@ -268,98 +399,14 @@ class Answers:
     def get(self, number, name, seed):
         if name not in self.namespace:
             header = f"練習 {number}（{name}）"
-            if name in self.errors:
-                raise ExerciseFailure(
-                    f"{header}: 解答セルの実行中にエラーが起きました。\n  {self.errors[name]}"
-                )
+            error = self.errors.get(name) or self.errors.get(f"#{number}")
+            if error:
+                raise ExerciseFailure(f"{header}: 解答セルの実行中にエラーが起きました。\n  {error}")
             raise ExerciseFailure(
                 f"{header}: `{name}` が見つかりません（{self.origin}）。\n"
                 f"  解答セルで `{name}` を定義したまま、名前を変えずに残してください。"
             )
-        return Exercise(number, name, self.namespace[name], seed)
-
-
-class GraderPlugin:
-    """pytest に採点用のフィクスチャと日本語の結果表示を加えるプラグイン。"""
-
-    def __init__(self, config):
-        self.config = config
-        answers_dir = config.getoption("mini_dl_answers") or os.environ.get("MINI_DL_ANSWERS")
-        self.answers_dir = pathlib.Path(answers_dir) if answers_dir else EXERCISES_DIR
-        self._cache = {}
-        self.results = []
-
-    def answers(self, chapter):
-        if chapter in _injected_namespaces:
-            return Answers(chapter, _injected_namespaces[chapter], {}, "このノートブック")
-        if chapter not in self._cache:
-            path = self.answers_dir / f"{chapter}.ipynb"
-            if not path.exists():
-                raise ExerciseFailure(f"{chapter}: 解答のノートブック {path} が見つかりません。")
-            namespace, errors = load_notebook(path)
-            self._cache[chapter] = Answers(chapter, namespace, errors, path.name)
-        return self._cache[chapter]
-
-    @pytest.fixture
-    def exercise(self):
-        """``exercise("2-1", "central_diff")`` で練習 2-1 の解答を受け取るフィクスチャ。"""
-        seed = secrets.randbelow(2**32)
-
-        def get(number, name):
-            return self.answers(chapter_of(number)).get(number, name, seed)
-
-        get.seed = seed
-        return get
-
-    @pytest.fixture
-    def rng(self, exercise):
-        """毎回ちがうシードの乱数生成器（シードは不合格のメッセージに出ます）。"""
-        return np.random.default_rng(exercise.seed)
-
-    def pytest_collection_modifyitems(self, items):
-        for item in items:
-            if item.get_closest_marker("timeout") is None:
-                item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        outcome = yield
-        report = outcome.get_result()
-        if call.excinfo is not None and call.excinfo.errisinstance(ExerciseFailure):
-            report.longrepr = str(call.excinfo.value)
-        elif report.failed and "Timeout" in str(report.longrepr):
-            report.longrepr = (
-                f"{item.name}: {DEFAULT_TIMEOUT:g} 秒以内に終わりませんでした。"
-                "無限ループになっていないか確かめてください。"
-            )
-
-    def pytest_runtest_logreport(self, report):
-        if report.when == "call" or report.failed:
-            self.results.append(report)
-
-    def summary_lines(self):
-        """練習ごとの合否（その練習のテストがすべて通れば正解）と、不合格の理由。"""
-        by_exercise = {}
-        for r in self.results:
-            name = r.nodeid.split("::")[-1]
-            m = re.match(r"test_ex(\d+)_(\d+)_", name)
-            key = f"練習 {m.group(1)}-{m.group(2)}" if m else name
-            by_exercise.setdefault(key, []).append(r)
-        solved = [k for k, rs in by_exercise.items() if not any(r.failed for r in rs)]
-        tests_passed = sum(1 for r in self.results if r.when == "call" and r.passed)
-        tests_total = sum(1 for r in self.results if r.when == "call" or r.failed)
-        lines = [f"採点結果: {len(solved)} / {len(by_exercise)} 問 正解（テスト {tests_passed} / {tests_total} 件）"]
-        for key, reports in by_exercise.items():
-            failed = [r for r in reports if r.failed]
-            lines.append(f"  {'✘' if failed else '✔'} {key}")
-            for message in dict.fromkeys(str(r.longrepr) for r in failed):  # 同じ説明は 1 回だけ
-                lines += ["      " + ln for ln in message.splitlines()[:16]]
-        return lines
-
-    def pytest_terminal_summary(self, terminalreporter):
-        terminalreporter.section("mini_dl 練習問題の採点")
-        for line in self.summary_lines():
-            terminalreporter.write_line(line)
+        return Exercise(number, name, self.namespace[name], seed, notes=self.errors)
 
 
 def pytest_addoption(parser):
@@ -368,19 +415,20 @@ def pytest_addoption(parser):
                     help="解答のノートブック（chNN.ipynb）があるフォルダ。既定は exercises/。")
     group.addoption("--extra-tests", dest="mini_dl_extra_tests", default=None,
                     help="先生が用意した追加テストのフォルダ（環境変数 MINI_DL_EXTRA_TESTS でも可）。")
+    group.addoption("--seed", dest="mini_dl_seed", default=None,
+                    help="乱数のシード（不合格のメッセージに出た値）。同じ入力で採点し直します"
+                         "（環境変数 MINI_DL_GRADER_SEED でも可）。")
 
 
 def configure(config):
     """``exercises/conftest.py`` から呼ばれ、採点プラグインを登録します。"""
-    try:
-        import pytest_timeout  # noqa: F401
-    except ImportError:
-        raise pytest.UsageError(
-            "採点には pytest-timeout が必要です: pip install -e \".[test]\" を実行してください。"
-        ) from None
     if config.pluginmanager.has_plugin("mini_dl_grader"):
         return
-    config.pluginmanager.register(GraderPlugin(config), "mini_dl_grader")
+    import _plugin  # 採点の仕組み（_plugin.py・_runner.py）は grader を使うので、ここで読み込みます
+
+    # 先生の非公開テストが隠しテストと同じ名前（test_ch01.py）でもぶつからないように
+    config.option.importmode = "importlib"
+    config.pluginmanager.register(_plugin.GraderPlugin(config, _injected_namespaces), "mini_dl_grader")
     extra = config.getoption("mini_dl_extra_tests") or os.environ.get("MINI_DL_EXTRA_TESTS")
     if extra:
         extra_path = pathlib.Path(extra).resolve()
@@ -392,6 +440,11 @@ def configure(config):
 def grade(chapter, namespace):
     """ノートブックの中から、いまの定義で ``chapter`` の練習を採点します。
 
+    採点するのは ``namespace``（ノートブックでは ``globals()``、つまりカーネルのいまの定義）です。
+    保存したノートブックを採点する ``pytest exercises/`` とは、保存していない変更や、上から順に
+    実行していないセルの分だけ結果が違うことがあります。テストは子プロセスで実行するので、
+    無限ループしても制限時間で止まり、カーネルの状態も変わりません。
+
     Args:
         chapter: ``"ch02"`` のような章の名前。
         namespace: 採点する定義の入った辞書。ノートブックでは ``globals()`` を渡します。
@@ -399,11 +452,15 @@ def grade(chapter, namespace):
     Returns:
         bool: すべて正解なら ``True``。
     """
+    if _in_worker:
+        print("採点の途中では grade() を実行しません（採点のセル以外に grade() を書かないでください）。")
+        return False
     test_file = HIDDEN_DIR / f"test_{chapter}.py"
     if not test_file.exists():
         raise ValueError(f"{chapter} の隠しテストが見つかりません（{test_file}）")
+    print(f"{chapter}: このカーネルのいまの定義（globals()）を採点します。"
+          "保存したノートブックの採点（pytest exercises/）とは、保存していない変更の分だけ違うことがあります。")
     _injected_namespaces[chapter] = namespace
-
     try:
         code = pytest.main(
             [str(test_file), "-q", "--no-header", "--tb=no", "-p", "no:cacheprovider",

@@ -7,6 +7,8 @@
   現れなければなりません。
 * 同じ名前で中身の違う定義は、セルの 1 行目が ``# 下書き`` で始まる「下書き」セルにだけ書けます。
   それ以外で食い違えば、ずれ（drift）として報告します。
+* 非公開の定義（``_`` で始まる名前。``__version__`` のような ``__`` の名前は除く）は、章に載せなくてもかまいません。
+  ただし、下書きでないセルに同じ名前で載せたなら、公開の定義と同じく、まったく同じソースでなければなりません。
 
     python tests/mirror.py          # 食い違いを一覧表示（テストと同じ判定）
     python tests/mirror.py --sync   # 章の完成版のセルを、パッケージのソースで書き換える
@@ -34,9 +36,19 @@ class Definition:
     chapter: str = ""
     draft: bool = False
 
+    @property
+    def private(self):
+        """``_`` で始まる非公開の名前なら True（``__version__`` のような ``__`` の名前は対象外）。"""
+        return self.name.startswith("_")
+
+
+def _wanted(name):
+    # 公開の名前と非公開の名前（_helper）を調べ、__version__ のような __ の名前は調べません
+    return not name.startswith("__")
+
 
 def _top_level(tree, text):
-    """モジュールのトップレベルの公開定義を ``(名前, ソース)`` で返します。"""
+    """モジュールのトップレベルの定義（公開と非公開）を ``(名前, ソース)`` で返します。"""
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names = [node.name]
@@ -51,7 +63,7 @@ def _top_level(tree, text):
             lines = text.splitlines()
             source = "\n".join(lines[first.lineno - 1:node.end_lineno])
         for name in names:
-            if not name.startswith("_"):
+            if _wanted(name):
                 yield name, source
 
 
@@ -118,6 +130,7 @@ def check(pkg, by_name, siblings=()):
 
     ``siblings`` は、別のモジュールにある同じ名前の定義のソース（``functions.Linear`` と
     ``layers.Linear`` など）。それと同じセルは、ずれとはみなしません。
+    非公開の定義（``_helper``）は、章に無くてもかまいませんが、下書きでないセルに載っていればずれを調べます。
     """
     found = []
     shown = by_name.get(pkg.name, [])
@@ -129,7 +142,7 @@ def check(pkg, by_name, siblings=()):
             f"下書きなら、セルの 1 行目を「# 下書き」で始めてください。\n"
             + _diff(d.source, pkg.source, d.where, pkg.where)
         )
-    if not exact and not drifted:
+    if not exact and not drifted and not pkg.private:
         if shown:
             closest = max(shown, key=lambda d: difflib.SequenceMatcher(None, d.source, pkg.source).ratio())
             found.append(

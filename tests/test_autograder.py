@@ -184,3 +184,320 @@ def test_grading_inside_a_notebook_uses_the_live_namespace(ch):
                           timeout=600)
     assert "RESULT True False" in proc.stdout, proc.stdout + proc.stderr
     assert "採点結果:" in proc.stdout
+
+
+# ---------------------------------------------------------------- 隔離・制限時間・正直な集計（issue 10）
+#
+# 第1章の解答例をもとに、読者がやりがちなこと（無限ループ・sys.exit・スレッド・segfault など）を
+# 書き込んだノートブックを tmp_path に作り、pytest exercises/ を別プロセスで走らせて確かめます。
+
+FAST = {"MINI_DL_GRADER_TIMEOUT": "3", "MINI_DL_GRADER_CELL_TIMEOUT": "4"}
+
+
+def _answers(tmp_path, ch="ch01", replace=None, insert=None, also=("ch02",), raw=None):
+    """解答例の ``ch`` を書き換えたノートブックを ``tmp_path/answers`` に置き、そのフォルダを返します。
+
+    ``replace``: {練習番号: 関数の定義などのコード}（1 行目の「# 練習 N-M」は残します）。
+    ``insert``: [(セルの位置, コード)]（練習ではないコードセルを足します）。
+    ``also``: 解答例をそのまま置く章。``raw``: ノートブックの代わりに書くテキスト。
+    """
+    folder = tmp_path / "answers"
+    folder.mkdir(exist_ok=True)
+    for other in also:
+        booktools.write_nb(folder / f"{other}.ipynb", booktools.read_nb(SOLUTIONS / f"{other}.ipynb"))
+    if raw is not None:
+        (folder / f"{ch}.ipynb").write_text(raw, encoding="utf-8")
+        return folder
+    nb = booktools.read_nb(SOLUTIONS / f"{ch}.ipynb")
+    for cell in nb["cells"]:
+        src = booktools.cell_source(cell)
+        m = grader.EXERCISE_RE.search(src.split("\n", 1)[0])
+        if cell["cell_type"] == "code" and m and (replace or {}).get(f"{m.group(1)}-{m.group(2)}"):
+            cell["source"] = src.split("\n", 1)[0] + "\n" + replace[f"{m.group(1)}-{m.group(2)}"]
+    for index, code in sorted(insert or [], reverse=True):
+        nb["cells"].insert(index, {"cell_type": "code", "execution_count": None, "id": f"extra{index}",
+                                   "metadata": {}, "outputs": [], "source": code})
+    booktools.write_nb(folder / f"{ch}.ipynb", nb)
+    return folder
+
+
+def _grade(folder, *args, env=None, k="ch01 or ch02"):
+    """採点を走らせ、(練習ごとの結果, 出力, 終了コード, かかった秒数) を返します。"""
+    import time
+    xml = folder.parent / "report.xml"
+    cmd = [sys.executable, "-m", "pytest", str(EXERCISES), "-p", "no:cacheprovider", "-q",
+           f"--junitxml={xml}", "--answers", str(folder), "-k", k, *args]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **FAST, **(env or {})},
+                          timeout=300)
+    elapsed = time.monotonic() - start
+    by_exercise = {}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        bad = [e for tag in ("failure", "error", "skipped") for e in case.findall(tag)]
+        msg = "".join((e.get("message", "") + (e.text or "")) for e in bad) or None
+        number = _exercise_of(case.get("name"))
+        by_exercise.setdefault(number, []).append(msg)
+    return by_exercise, proc.stdout + proc.stderr, proc.returncode, elapsed
+
+
+def _ok(by_exercise, number):
+    return number in by_exercise and all(m is None for m in by_exercise[number])
+
+
+def _messages(by_exercise, number):
+    return "\n".join(m for m in by_exercise.get(number, []) if m)
+
+
+def _ch02_all_pass(by_exercise):
+    numbers = [n for n in by_exercise if n.startswith("2-")]
+    return numbers and all(_ok(by_exercise, n) for n in numbers)
+
+
+def test_hangs_are_killed_and_fail_only_their_exercise(tmp_path):
+    folder = _answers(tmp_path, replace={
+        # 裸の except で、時間切れの例外も握りつぶしてループを続ける
+        "1-1": "def c_strides(shape, itemsize):\n    while True:\n        try:\n            sum(range(10**6))\n"
+               "        except:\n            pass\n",
+        # タイマーを止めてから C の中で眠る（signal による時間切れは効きません）
+        "1-3": "import signal, time, threading\n"
+               "threading.Thread(target=time.sleep, args=(10**6,)).start()  # デーモンでないスレッド\n"
+               "def matmul_gflops(m, k, n, seconds):\n"
+               "    signal.setitimer(signal.ITIMER_REAL, 0)\n    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+               "    time.sleep(10**6)\n",
+        # 解答のセルの中で採点を入れ子に呼ぶ（何もせずに続けます）
+        "1-4": "import numpy as np\nfrom grader import grade\ngrade('ch01', globals())\n"
+               "def standardize_rows(x):\n    mu = x.mean(axis=1, keepdims=True)\n"
+               "    var = ((x - mu) ** 2).mean(axis=1, keepdims=True)\n    return (x - mu) / np.sqrt(var + 1e-5)\n",
+    })
+    results, output, code, elapsed = _grade(folder)
+    assert code != 0 and elapsed < 60, output
+    for number in ("1-1", "1-3"):
+        assert "秒以内に終わりませんでした" in _messages(results, number), output
+    assert _ok(results, "1-2") and _ok(results, "1-4") and _ch02_all_pass(results), output
+    assert "採点結果: " in output and "✘ 練習 1-1" in output and "✔ 練習 1-2" in output
+
+
+def test_exits_and_crashes_fail_with_a_japanese_line_and_grading_continues(tmp_path):
+    folder = _answers(tmp_path, replace={
+        "1-1": "import os\ndef c_strides(shape, itemsize):\n    os._exit(3)\n",
+        "1-2": "import ctypes\ndef broadcast_shape(a, b):\n    return ctypes.string_at(0)\n",
+        "1-3": "import sys\ndef matmul_gflops(m, k, n, seconds):\n    sys.exit('おしまい')\n",
+        "1-4": "def standardize_rows(x):\n    raise KeyboardInterrupt\n",
+    })
+    results, output, code, _ = _grade(folder)
+    assert code != 0, output
+    assert "終了コード 3" in _messages(results, "1-1"), output
+    assert "SIGSEGV" in _messages(results, "1-2"), output
+    assert "sys.exit()" in _messages(results, "1-3"), output
+    assert "KeyboardInterrupt" in _messages(results, "1-4"), output
+    assert _ch02_all_pass(results), output
+    assert "採点結果: 6 / 10 問 正解" in output, output
+
+
+def test_an_allocation_loop_fails_only_that_exercise(tmp_path):
+    folder = _answers(tmp_path, replace={
+        "1-1": "import numpy as np\ndef c_strides(shape, itemsize):\n    keep = []\n    while True:\n"
+               "        keep.append(np.ones(10**7))\n",
+    })
+    results, output, code, _ = _grade(folder, env={"MINI_DL_GRADER_MEMORY_GB": "0.5", "MINI_DL_GRADER_TIMEOUT": "20"})
+    assert code != 0 and "MemoryError" in _messages(results, "1-1"), output
+    assert _ok(results, "1-2") and _ch02_all_pass(results), output
+
+
+def test_chapters_share_no_state(tmp_path):
+    # 第1章の準備のセルが NumPy・作業フォルダ・mini_dl の設定を変えても、第2章の採点は変わりません
+    folder = _answers(tmp_path, insert=[(3, (
+        "import os, numpy as np, mini_dl\n"
+        "np.seterr(all='raise')\nos.chdir(os.path.expanduser('~'))\n"
+        "np.sum = lambda *a, **k: 0\nmini_dl.Config.enable_backprop = False\n"))])
+    relative = os.path.relpath(folder, ROOT)  # 相対パスの --answers も、最初に 1 度だけ解決します
+    results, output, code, _ = _grade(pathlib.Path(relative).resolve(), "--answers", relative)
+    assert _ch02_all_pass(results), output
+
+
+def test_a_slow_cell_outside_the_exercises_is_named_and_skipped(tmp_path):
+    folder = _answers(tmp_path, insert=[(5, "import time\ntime.sleep(10**6)  # 重い学習のつもり\n")])
+    results, output, code, elapsed = _grade(folder, k="ch01")
+    assert all(_ok(results, n) for n in ("1-1", "1-2", "1-3", "1-4")), output
+    assert "練習のセルではありません" in output and "飛ばして採点しました" in output, output
+    assert "無限ループ" not in output and elapsed < 60
+
+
+def test_a_hanging_answer_cell_fails_only_its_exercise(tmp_path):
+    folder = _answers(tmp_path, replace={"1-2": "while True:\n    pass\n"})
+    results, output, code, _ = _grade(folder, k="ch01")
+    assert code != 0 and "練習 1-2 のセル" in _messages(results, "1-2"), output
+    assert all(_ok(results, n) for n in ("1-1", "1-3", "1-4")), output
+
+
+def test_a_corrupt_notebook_fails_its_chapter_in_japanese(tmp_path):
+    # 空・途中で切れた JSON・JSON でない・セルの形が壊れている、の 4 つを第1〜4章に置きます
+    raws = {"ch01": "", "ch02": '{"cells": [', "ch03": "not a notebook", "ch04": '{"cells": [{"cell_type": "code"}]}'}
+    for ch, raw in raws.items():
+        folder = _answers(tmp_path, ch=ch, raw=raw, also=("ch05",))
+    results, output, code, _ = _grade(folder, k=" or ".join([*raws, "ch05"]))
+    numbers = [n for n in results if n.split("-")[0] in "1234"]
+    assert code != 0 and len(numbers) > 10, output
+    for number in numbers:
+        assert "読み込めませんでした" in _messages(results, number), output
+    assert all(_ok(results, n) for n in results if n.startswith("5-")), output
+    assert "Traceback" not in output
+
+
+def test_innocent_mistakes_get_japanese_messages_with_the_line(tmp_path):
+    folder = _answers(tmp_path, replace={
+        "1-2": "import numpy as np\ndef broadcast_shape(a, b):\n    return np.array(np.broadcast_shapes(a, b))\n",
+        "1-3": "def matmul_gflops(m, k, n, seconds):\n    flops = 2 * m * n * k / seconds / 1e9\n",
+        "1-4": "import sys\nsys.exit()\ndef standardize_rows(x):\n    return x\n",
+    }, also=())
+    results, output, code, _ = _grade(folder, k="ch01")
+    assert "タプルを返すとき" in _messages(results, "1-2") and "ndarray" in _messages(results, "1-2"), output
+    assert "return` を書き忘れていませんか" in _messages(results, "1-3"), output
+    assert "SystemExit" in _messages(results, "1-4") and "sys.exit()" in _messages(results, "1-4"), output
+    assert "コードセルの 3 行目" in _messages(results, "1-4"), output
+    assert "Traceback" not in output
+
+
+def _private(tmp_path, filename, body):
+    folder = tmp_path / "private"
+    folder.mkdir(exist_ok=True)
+    (folder / filename).write_text(body, encoding="utf-8")
+    return folder
+
+
+def test_skipped_xfailed_and_errored_tests_count_as_not_passed(tmp_path):
+    private = _private(tmp_path, "test_ch01.py", (  # 隠しテストと同じファイル名でもぶつかりません
+        "import pytest\n"
+        "def test_ex1_1_skips(exercise):\n    pytest.skip('あとで')\n"
+        "@pytest.mark.xfail(reason='わざと')\ndef test_ex1_2_xfails(exercise):\n    assert False\n"
+        "@pytest.fixture\ndef broken():\n    raise RuntimeError('準備に失敗')\n"
+        "def test_ex1_3_errors(exercise, broken):\n    pass\n"))
+    folder = _answers(tmp_path, also=())
+    results, output, code, _ = _grade(folder, "--extra-tests", str(private), k="ch01")
+    assert code != 0, output
+    assert "採点結果: 1 / 4 問 正解" in output, output
+
+
+def test_k_keeps_private_tests_of_that_chapter_and_seed_is_replayable(tmp_path):
+    private = _private(tmp_path, "test_mine.py", (
+        "def test_ex1_4_private(exercise, rng):\n"
+        "    exercise('1-4', 'standardize_rows')\n"
+        "    print('SEED', exercise.seed)\n    assert False, f'seed={exercise.seed}'\n"))
+    folder = _answers(tmp_path, also=())
+    results, output, code, _ = _grade(folder, "--extra-tests", str(private), "--seed", "12345", k="ch01")
+    assert "seed=12345" in _messages(results, "1-4"), output
+    assert "採点結果: 3 / 4 問 正解" in output, output
+    results, output, code, _ = _grade(folder, "--extra-tests", str(private), k="ch01",
+                                      env={"MINI_DL_GRADER_SEED": "777"})
+    assert "seed=777" in _messages(results, "1-4"), output
+
+
+def test_a_wrong_answer_message_can_be_replayed_with_its_seed(tmp_path):
+    folder = _answers(tmp_path, replace={"1-3": "def matmul_gflops(m, k, n, seconds):\n    return m * n * k / seconds / 1e9\n"},
+                      also=())
+    results, output, _, _ = _grade(folder, k="test_ex1_3")
+    seed = re.search(r"乱数のシード: (\d+)", _messages(results, "1-3")).group(1)
+    again, _, _, _ = _grade(folder, "--seed", seed, k="test_ex1_3")
+    first_input = lambda text: re.search(r"入力: .*", text).group(0)  # noqa: E731
+    assert first_input(_messages(again, "1-3")) == first_input(_messages(results, "1-3"))
+
+
+def test_live_grading_runs_in_a_child_and_leaves_the_kernel_alone(tmp_path):
+    code = (
+        "import sys, numpy as np; sys.path.insert(0, {ex!r})\n"
+        "from grader import grade, load_notebook\n"
+        "ns, _ = load_notebook({sol!r})\n"
+        "def c_strides(shape, itemsize):\n"
+        "    np.seterr(all='raise')\n    while True:\n        pass\n"
+        "ns['c_strides'] = c_strides\n"
+        "before = np.geterr()\n"
+        "ok = grade('ch01', ns)\n"
+        "print('RESULT', ok, np.geterr() == before)\n"
+    ).format(ex=str(EXERCISES), sol=str(SOLUTIONS / "ch01.ipynb"))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=EXERCISES, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **FAST})
+    assert "RESULT False True" in proc.stdout, proc.stdout + proc.stderr
+    assert "いまの定義" in proc.stdout and "秒以内に終わりませんでした" in proc.stdout
+    assert "採点結果: 3 / 4 問 正解" in proc.stdout
+
+
+def test_grade_all_writes_a_csv_of_scores_per_exercise(tmp_path):
+    submissions = tmp_path / "submissions"
+    good, bad = submissions / "alice", submissions / "bob"
+    good.mkdir(parents=True)
+    booktools.write_nb(good / "ch01.ipynb", booktools.read_nb(SOLUTIONS / "ch01.ipynb"))
+    _answers(tmp_path, replace={"1-2": "def broadcast_shape(a, b):\n    return a\n"}, also=())
+    (tmp_path / "answers").rename(bad)
+    out = tmp_path / "scores.csv"
+    proc = subprocess.run([sys.executable, str(EXERCISES / "grade_all.py"), str(submissions), "--csv", str(out),
+                           "-k", "ch01"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **FAST})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import csv
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["student"] for r in rows] == ["alice", "bob"]
+    assert rows[0]["total"] == "4" and rows[1]["total"] == "3" and rows[1]["1-2"] == "0" and rows[1]["1-1"] == "1"
+
+
+def test_ctrl_c_stops_the_run_and_leaves_no_process_behind(tmp_path):
+    import signal
+    import time
+    pidfile = tmp_path / "pid"
+    folder = _answers(tmp_path, replace={"1-1": (
+        "import os\ndef c_strides(shape, itemsize):\n"
+        f"    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "    while True:\n        try:\n            pass\n        except BaseException:\n            pass\n")}, also=())
+    cmd = [sys.executable, "-m", "pytest", str(EXERCISES), "-p", "no:cacheprovider", "-q",
+           "--answers", str(folder), "-k", "ch01"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "MINI_DL_GRADER_TIMEOUT": "600"})
+    for _ in range(300):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.1)
+    child = int(pidfile.read_text())
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0, output
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_helpers_from_trial_cells_are_treated_the_same_live_and_saved(tmp_path):
+    # 練習 1-3 が「試してみる」のセルで定義した helper を使う: どちらの採点でも同じ説明で不合格
+    folder = _answers(tmp_path, replace={"1-3": "def matmul_gflops(m, k, n, seconds):\n    return helper(m, k, n, seconds)\n"},
+                      insert=[(11, "# 試してみる\ndef helper(m, k, n, seconds):\n    return 2 * m * n * k / seconds / 1e9\n")],
+                      also=())
+    nb = booktools.read_nb(folder / "ch01.ipynb")
+    nb["cells"][11]["metadata"]["tags"] = ["grader-skip"]
+    booktools.write_nb(folder / "ch01.ipynb", nb)
+    results, output, _, _ = _grade(folder, k="ch01")
+    assert "「試してみる」のセル" in _messages(results, "1-3"), output
+    assert all(_ok(results, n) for n in ("1-1", "1-2", "1-4")), output
+    code = (
+        "import sys; sys.path.insert(0, {ex!r})\n"
+        "from grader import grade, load_notebook, notebook_cells\n"
+        "ns, _ = load_notebook({nb!r})\n"
+        "ns['In'] = [src for src, tags in notebook_cells({nb!r})]  # IPython の実行の記録のかわり\n"
+        "for src in ns['In']:\n"
+        "    if src.startswith('# 試してみる\\ndef helper'): exec(src, ns)\n"
+        "print('RESULT', grade('ch01', ns), 'helper' in ns)\n"
+    ).format(ex=str(EXERCISES), nb=str(folder / "ch01.ipynb"))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=EXERCISES, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **FAST})
+    assert "RESULT False True" in proc.stdout, proc.stdout + proc.stderr
+    assert "「試してみる」のセル" in proc.stdout and "採点結果: 3 / 4 問 正解" in proc.stdout, proc.stdout
+
+
+def test_escaping_exceptions_and_a_closed_pipe_fail_only_that_test(tmp_path):
+    private = _private(tmp_path, "test_odd.py", (
+        "import os, pytest\n"
+        "def test_ex1_1_exit(exercise):\n    pytest.exit('おしまい')\n"
+        "def test_ex1_2_closes_the_pipe(exercise):\n    os.closerange(3, 4096)\n    while True:\n        pass\n"))
+    folder = _answers(tmp_path, also=())
+    results, output, code, elapsed = _grade(folder, "--extra-tests", str(private), k="ch01")
+    assert code != 0 and elapsed < 60, output
+    assert "Exit: おしまい" in _messages(results, "1-1"), output
+    assert "パイプを閉じて" in _messages(results, "1-2"), output
+    assert "採点結果: 2 / 4 問 正解" in output, output

@@ -83,18 +83,220 @@ def test_plots_use_japanese_font(path):
         assert "import matplotlib_fontja" in code, f"{path.name}: 図の日本語には matplotlib_fontja を使います"
 
 
-def test_book_builds_without_warnings(tmp_path):
-    """README の本を作るコマンドと同じ設定（警告はエラー）で、本が作れることを確かめます。"""
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    """README の本を作るコマンドと同じ設定（警告はエラー）で本を 1 回だけ作り、(結果, html のフォルダ) を返します。"""
     import shutil
     import subprocess
     import sys
 
     exe = shutil.which("jupyter-book", path=str(pathlib.Path(sys.executable).parent))
     assert exe, "jupyter-book がインストールされていません（pip install -e \".[test]\"）"
-    proc = subprocess.run([exe, "build", str(ROOT), "--path-output", str(tmp_path), "-W", "--keep-going"],
+    out = tmp_path_factory.mktemp("book")
+    proc = subprocess.run([exe, "build", str(ROOT), "--path-output", str(out), "-W", "--keep-going"],
                           capture_output=True, text=True, timeout=600)
+    return proc, out / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def html(built_book):
+    """作った本の HTML のフォルダ（作れなかったら、そのテストも失敗にします）。"""
+    proc, folder = built_book
+    assert proc.returncode == 0, "本を作れませんでした: " + proc.stdout[-2000:] + proc.stderr[-2000:]
+    return folder
+
+
+def test_book_builds_without_warnings(built_book):
+    """README の本を作るコマンドと同じ設定（警告はエラー）で、本が作れることを確かめます。"""
+    proc, html = built_book
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    html = tmp_path / "_build" / "html"
     pages = {p.name for p in (html / "book").glob("*.html")}
     assert {f"{p.stem}.html" for p in NOTEBOOKS} <= pages
     assert (html / "searchindex.js").exists()
+
+
+# ---- オフラインで読める本（数式・ウィジェット・検索・リンク・アンカー） ----
+
+def _config():
+    import yaml
+
+    return yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+
+
+def _pages(html):
+    return sorted(html.rglob("*.html"))
+
+
+def _article_text(page):
+    """ページの本文（左右の目次を除く）の文字。検索の索引に入る部分です。"""
+    import html as html_lib
+
+    text = page.read_text(encoding="utf-8")
+    m = re.search(r'<article class="bd-article"[^>]*>(.*?)</article>', text, flags=re.S)
+    if not m:
+        return ""
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", m.group(1), flags=re.S)
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", body))
+
+
+def test_built_pages_load_nothing_from_the_network(html):
+    """どのページも、スクリプト・スタイル・フォントを CDN から読みません（オフラインで表示できる）。"""
+    tag = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)=\"((?:https?:)?//[^\"]+)\"", flags=re.I)
+    found = {f"{p.relative_to(html)}: {url}" for p in _pages(html)
+             for url in tag.findall(p.read_text(encoding="utf-8"))}
+    assert not found, "ネットワークから読み込むタグがあります:\n" + "\n".join(sorted(found)[:20])
+
+
+def test_mathjax_and_widget_scripts_are_vendored(html):
+    """MathJax・require.js・HTML ウィジェットマネージャーは _vendor/ の写しを _static/ から読みます。"""
+    cfg = _config()["sphinx"]["config"]
+    assert "_vendor" in cfg["html_static_path"]
+    vendored = [cfg["mathjax_path"], *cfg["nb_ipywidgets_js"]]
+    assert len(vendored) == 3
+    for rel in vendored:
+        assert "://" not in rel, f"{rel}: CDN ではなく _vendor/ の写しを使います"
+        assert (ROOT / "_vendor" / rel).is_file(), f"_vendor/{rel} がありません"
+        assert (html / "_static" / rel).is_file(), f"_build/html/_static/{rel} にコピーされていません"
+    readme = (ROOT / "_vendor" / "README.md").read_text(encoding="utf-8")
+    for name, license in [("mathjax", "Apache-2.0"), ("requirejs", "MIT"),
+                          ("@jupyter-widgets/html-manager", "BSD-3-Clause")]:
+        assert f"`{name}`" in readme and license in readme, f"_vendor/README.md に {name} の版とライセンスを書きます"
+    math_pages = widget_pages = 0
+    for page in _pages(html):
+        text = page.read_text(encoding="utf-8")
+        if 'class="math' in text:
+            math_pages += 1
+            assert re.search(r'<script[^>]*src="[./]*_static/' + re.escape(cfg["mathjax_path"]), text), (
+                f"{page.name}: 数式があるのに、_vendor の MathJax を読み込んでいません")
+        if "application/vnd.jupyter.widget-state+json" in text:
+            widget_pages += 1
+            for rel in cfg["nb_ipywidgets_js"]:
+                assert re.search(r'<script[^>]*src="[./]*_static/' + re.escape(rel), text), (
+                    f"{page.name}: ウィジェットがあるのに {rel} を読み込んでいません")
+    assert math_pages >= 10 and widget_pages >= 5
+
+
+def _sphinx_search(index, words):
+    """searchtools.js の performTermsSearch と同じ規則で、語をすべて含むページの名前を返します。
+
+    語ごとに索引の完全一致（本文と見出し）、3 文字以上なら部分一致も拾い、すべての語（または
+    3 文字以上の語すべて）に当たったページだけを残します。
+    """
+    def as_list(v):
+        return [] if v is None else [v] if isinstance(v, int) else v
+
+    hits = {}
+    for word in set(words):
+        files = set()
+        for table in (index["terms"], index["titleterms"]):
+            files |= set(as_list(table.get(word)))
+            if len(word) > 2 and word not in table:
+                for term, v in table.items():
+                    if word in term:
+                        files |= set(as_list(v))
+        for f in files:
+            hits.setdefault(f, set()).add(word)
+    need = {len(set(words)), len([w for w in set(words) if len(w) > 2])}
+    return {index["docnames"][f] for f, ws in hits.items() if len(ws) in need}
+
+
+def test_search_finds_every_page_containing_a_term(html):
+    """「逆伝播」などで検索すると、その語を本文に含むページがすべて見つかります。
+
+    索引（searchindex.js）と、ブラウザの検索語の区切り方（language_data.js に入る splitQuery と
+    同じ規則の book_ext.query_terms）から、Sphinx の検索と同じ手順で結果を求めます。
+    """
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "_ext"))
+    import book_ext
+
+    raw = (html / "searchindex.js").read_text(encoding="utf-8")
+    index = json.loads(raw[raw.index("(") + 1: raw.rindex(")")])
+    language_data = (html / "_static" / "language_data.js").read_text(encoding="utf-8")
+    assert book_ext.JS_SPLITTER.strip() in language_data, "ブラウザ側の検索語の区切り方が入っていません"
+    texts = {str(p.relative_to(html).with_suffix("")): _article_text(p) for p in _pages(html)}
+    for term in ["逆伝播", "勾配確認", "計算グラフ", "ブロードキャスト", "層", "backward", "float32"]:
+        expected = {doc for doc, text in texts.items() if term.lower() in text.lower()}
+        assert expected, f"{term} を含むページがありません（テストの語を選び直してください）"
+        found = _sphinx_search(index, [w.lower() for w in book_ext.query_terms(term)])
+        assert expected <= found, f"「{term}」で見つからないページ: {sorted(expected - found)}"
+    assert len({doc for doc, text in texts.items() if "逆伝播" in text}) >= 12
+
+
+def test_js_and_python_split_queries_the_same_way():
+    """ブラウザの splitQuery（JavaScript）と book_ext.query_terms が同じ語に区切ります（node があるとき）。"""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(ROOT / "_ext"))
+    import book_ext
+
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("node がありません")
+    samples = ["逆伝播", "誤差逆伝播法で勾配を求める", "Variable の backward()", "float32 のまま",
+               "ニューラルネットワーク・MLP", "層", "x.grad と y_1", "ＧＰＵで計算"]
+    script = book_ext.JS_SPLITTER + f"\nconsole.log(JSON.stringify({json.dumps(samples)}.map(splitQuery)));"
+    out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [book_ext.query_terms(s) for s in samples]
+
+
+def test_reference_urls_become_links_but_file_names_do_not(html):
+    """本文の URL はリンクになり、mini_dl/core.py や README.md のようなファイル名はリンクになりません。"""
+    from markdown_it.renderer import RendererHTML
+    from myst_parser.config.main import MdParserConfig
+    from myst_parser.parsers.mdit import create_md_parser
+
+    cfg = _config()
+    assert "linkify" in cfg["parse"]["myst_enable_extensions"]
+    assert cfg["sphinx"]["config"]["myst_linkify_fuzzy_links"] is False
+    md = create_md_parser(MdParserConfig(enable_extensions={"linkify"}, linkify_fuzzy_links=False), RendererHTML)
+    out = md.render("詳しくは https://d2l.ai を。実装は mini_dl/core.py と README.md、numpy.org です。")
+    assert '<a href="https://d2l.ai">' in out
+    assert out.count("<a ") == 1, out
+    n_links = 0
+    for page in _pages(html):
+        text = page.read_text(encoding="utf-8")
+        hrefs = re.findall(r'<a\b[^>]*href="(https?://[^"]*)"', text)
+        bad = [h for h in hrefs if re.search(r"//(mini_dl|readme\.md|[\w-]+\.(py|ipynb))\b", h, flags=re.I)]
+        assert not bad, f"{page.name}: ファイル名がリンクになっています: {bad}"
+        # 本文（コード・出力・リンクの外）に、リンクになっていない URL が残っていないこと
+        m = re.search(r'<article class="bd-article"[^>]*>(.*?)</article>', text, flags=re.S)
+        prose = re.sub(r"<(script|style|pre|code|a)\b.*?</\1>", " ", m.group(1) if m else "", flags=re.S)
+        bare = re.findall(r"https?://[^\s<>\"）」]+", re.sub(r"<[^>]+>", " ", prose))
+        assert not bare, f"{page.name}: リンクになっていない URL: {bare[:5]}"
+        n_links += len(re.findall(r'<a class="reference external" href="https?://', text))
+    assert n_links >= 20, f"本文の URL のリンクが {n_links} 個しかありません"
+
+
+def test_section_anchors_are_readable(html):
+    """節のアンカーは見出しの語（日本語のまま）で、#id2 のような番号ではありません。"""
+    for path in NOTEBOOKS:
+        text = (html / "book" / f"{path.stem}.html").read_text(encoding="utf-8")
+        numbered = re.findall(r'<section id="(id\d+)"', text)
+        assert not numbered, f"{path.name}: 番号だけのアンカー {numbered}"
+        ids = set(re.findall(r'\bid="([^"]+)"', text))
+        for target in re.findall(r'<a class="reference internal nav-link" href="#([^"]+)"', text):
+            assert target in ids, f"{path.name}: ページ内の目次のリンク #{target} の行き先がありません"
+    ch04 = (html / "book" / "ch04_backprop.html").read_text(encoding="utf-8")
+    assert '<section id="学習目標">' in ch04
+
+
+def test_readme_reading_instructions_match_the_built_book(html):
+    """README の「本を読む」に書いたファイルとアンカーが、作った本に実際にあります。"""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## 本を読む", 1)[1].split("\n## ", 1)[0]
+    paths = re.findall(r"`_build/html/([^`#]+)`", section)
+    assert "index.html" in paths and "book/index.html" in paths
+    for rel in paths:
+        assert (html / rel).is_file(), f"README の _build/html/{rel} が、作った本にありません"
+    for page, anchor in re.findall(r"`(book/[\w.]+\.html)#([^`]+)`", section):
+        text = (html / page).read_text(encoding="utf-8")
+        assert f'id="{anchor}"' in text, f"README のアンカー {page}#{anchor} が、作った本にありません"
+    assert "offline_check.py" in section and (ROOT / "tests" / "offline_check.py").is_file()
+    assert "検索" in section and "Ctrl" in section

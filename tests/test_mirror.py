@@ -45,6 +45,34 @@ def test_mirror_detects_drift_missing_and_accepts_drafts(monkeypatch):
     assert len(drifted) == 1 and "第2章" in drifted[0] and "+    return x + 1" in drifted[0]
 
 
+def test_private_helpers_need_not_appear_but_must_match_when_shown():
+    # 非公開の定義（_helper）は章に無くてもよいが、下書きでないセルに同じ名前で載せたら同じソースでなければならない
+    pkg = mirror.Definition("_helper", "def _helper(x):\n    return x * 2", "mini_dl/m.py")
+    assert pkg.private and not mirror.Definition("f", "", "").private
+    assert mirror.check(pkg, {}) == []
+    same = mirror.Definition("_helper", pkg.source, "book/a.ipynb のセル 1", "第5章")
+    assert mirror.check(pkg, {"_helper": [same]}) == []
+    draft = mirror.Definition("_helper", "def _helper(x):\n    return x", "book/a.ipynb のセル 0", "第5章",
+                              draft=True)
+    assert mirror.check(pkg, {"_helper": [draft]}) == []
+    drift = mirror.Definition("_helper", "def _helper(x):\n    return x + x", "book/b.ipynb のセル 3", "第5章")
+    drifted = mirror.check(pkg, {"_helper": [same, drift]})
+    assert len(drifted) == 1 and "_helper" in drifted[0] and "第5章" in drifted[0]
+    assert "+    return x * 2" in drifted[0]
+
+
+def test_private_definitions_are_collected_from_package_and_chapters(tmp_path, monkeypatch):
+    import booktools
+    assert any(d.name == "_output_grad" and d.where == "mini_dl/core.py" for d in PACKAGE_DEFS)
+    assert not any(d.name.startswith("__") for d in PACKAGE_DEFS)
+    nb_path = tmp_path / "ch.ipynb"
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# 第5章 テスト"},
+             _code("__all__ = []\n_cache = {}\n\n\ndef _helper():\n    pass")]
+    booktools.write_nb(nb_path, _nb(cells))
+    monkeypatch.setattr(booktools, "toc_notebooks", lambda: [nb_path])
+    monkeypatch.setattr(mirror, "ROOT", tmp_path)
+    assert [d.name for d in mirror.notebook_definitions()] == ["_cache", "_helper"]
+
 def test_same_name_in_two_modules_is_not_drift():
     # functions.Linear（関数）と layers.Linear（層）のように、別のモジュールの同じ名前は両方載せられる
     f = mirror.Definition("Linear", "class Linear(Function):\n    pass", "mini_dl/functions.py")

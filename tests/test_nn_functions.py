@@ -45,10 +45,19 @@ def test_activation_second_order(name):
 
 def test_sigmoid_is_stable_for_huge_inputs():
     x = Variable(np.array([-1000.0, -50.0, 0.0, 50.0, 1000.0], dtype=np.float32))
-    with np.errstate(all="raise"):
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # 0 への丸め（underflow）は正しい答え
         y = F.sigmoid(x)
     np.testing.assert_allclose(y.data, [0, 0, 0.5, 1, 1], atol=1e-7)
     assert y.dtype == np.float32
+
+
+def test_sigmoid_keeps_float32_precision_in_the_tails(xp):
+    a = np.array([-30.0, -10.0, -3.0, 0.0, 3.0, 10.0, 30.0], dtype=np.float32)
+    y = F.sigmoid(Variable(xp.asarray(a)))
+    assert y.dtype == np.float32
+    ref = 1 / (1 + np.exp(-a.astype(np.float64)))  # float64 の参照値
+    rel = np.abs(cuda.as_numpy(y.data).astype(np.float64) - ref) / ref
+    assert rel.max() < 1e-6, f"sigmoid の float32 の相対誤差が大きすぎます: {dict(zip(a.tolist(), rel.tolist()))}"
 
 
 @pytest.mark.parametrize("nobias", [False, True])

@@ -1,6 +1,8 @@
 """第1章の隠しテスト。"""
 import numpy as np
 
+from grader import pick_hint
+
 
 def _shape(rng, max_ndim=4, low=1, high=6):
     return tuple(int(n) for n in rng.integers(low, high, size=rng.integers(0, max_ndim + 1)))
@@ -80,9 +82,12 @@ def test_ex1_4_standardize_rows(exercise, rng):
         if n == d:
             d += 1
         x = (rng.standard_normal((n, d)) * rng.uniform(0.5, 5) + rng.uniform(-3, 3)).astype(np.float32)
-        x[rng.integers(n)] = np.float32(rng.uniform(-2, 2))  # 1 行だけ全部同じ値（分散 0）
+        flat, small = (int(i) for i in rng.choice(n, size=2, replace=False))
+        x[flat] = np.float32(rng.uniform(-2, 2))  # 1 行だけ全部同じ値（分散 0）
+        # 1 行は分散の小さい値（1e-5 を平方根の中で足すか外で足すかで、結果がはっきり違います）
+        x[small] = (rng.uniform(-1, 1) + 0.02 * rng.standard_normal(d)).astype(np.float32)
         original = x.copy()
-        inputs = f"shape=({n}, {d}) の float32 の乱数（1 行は全部同じ値）"
+        inputs = f"shape=({n}, {d}) の float32 の乱数（{flat} 行目は全部同じ値、{small} 行目は分散の小さい値）"
         got = ex(x)
         if not np.array_equal(x, original):
             ex.fail("入力の配列 x が書き換えられています。", inputs=inputs, show_values=False,
@@ -90,8 +95,20 @@ def test_ex1_4_standardize_rows(exercise, rng):
         if np.isnan(np.asarray(got, dtype=np.float64)).any():
             ex.fail("結果に NaN が含まれています。", inputs=inputs, show_values=False,
                     hint="値がすべて同じ行は分散が 0 です。分母は sqrt(分散 + 1e-5) にします。")
-        ex.check_close(got, _standardize(x), rtol=1e-4, atol=1e-4, inputs=inputs,
-                       hint="平均と分散は axis=1（行ごと）で、keepdims=True で (N, 1) のまま引き算・割り算します。")
+        x64 = x.astype(np.float64)
+        mu = x64.mean(axis=1, keepdims=True)
+        sd = np.sqrt(((x64 - mu) ** 2).mean(axis=1, keepdims=True))
+        try:  # 全部同じ値の行は丸め誤差しだいで値が決まらないので、ヒントを選ぶときは除きます
+            rest = np.delete(np.asarray(got, dtype=np.float64), flat, axis=0)
+        except (TypeError, ValueError, IndexError):
+            rest = None
+        hint = pick_hint(rest, {
+            "1e-5 は平方根の中で分散に足します（np.sqrt(分散 + 1e-5)）。平方根の外で足すと、"
+            "分散の小さい行で値がずれます。": np.delete((x64 - mu) / (sd + 1e-5), flat, axis=0),
+            "分母は標準偏差 sqrt(分散 + 1e-5) です。分散のまま割っていませんか。":
+                np.delete((x64 - mu) / (sd ** 2 + 1e-5), flat, axis=0),
+        }, "平均と分散は axis=1（行ごと）で、keepdims=True で (N, 1) のまま引き算・割り算します。")
+        ex.check_close(got, _standardize(x), rtol=1e-4, atol=1e-4, inputs=inputs, hint=hint)
         ex.check_close(got, _standardize(x).astype(np.float32), check_dtype=True, rtol=1e-4, atol=1e-4,
                        inputs=inputs,
                        hint="float32 の入力には float32 を返します。np.float64 の値や float64 の配列を混ぜていませんか。")

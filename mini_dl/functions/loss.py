@@ -93,7 +93,14 @@ class SoftmaxCrossEntropy(Function):
 
 
 def softmax_cross_entropy_simple(x, t):
-    """ソフトマックスと交差エントロピー誤差を、既存の関数の組み合わせで計算します（素朴な版。大きな値であふれます）。"""
+    """ソフトマックスと交差エントロピー誤差を、既存の関数の組み合わせで計算します（素朴な版）。
+
+    ``softmax`` は最大値を引くのであふれません。問題は小さい側です。正解のクラスの確率が :math:`10^{-15}` より
+    小さくなる（スコアの差がおよそ 35 以上）と、``log`` の前の ``clip`` で :math:`10^{-15}` に置き換わり、
+    損失は :math:`-\\log 10^{-15} \\approx 34.5` で頭打ちになって、勾配も 0 になります。``clip`` がなければ、
+    スコアの差がおよそ 104 以上で確率が float32 の 0 に丸められ（アンダーフロー）、``log(0) = -inf`` になります。
+    ``softmax_cross_entropy`` は log-sum-exp で :math:`\\log p` を直接求めるので、この問題がありません。
+    """
     xp = cuda.get_array_module(x)
     N = x.shape[0]
     p = softmax(x, axis=1)

@@ -10,14 +10,21 @@ from mini_dl.functions.math import exp
 class Sigmoid(Function):
     r"""シグモイド関数 :math:`y = \frac{1}{1 + e^{-x}}`。微分は :math:`y (1 - y)` です。
 
-    :math:`e^{-x}` は :math:`x` が大きな負の数だとあふれるので、同じ値になる
-    :math:`\frac{1}{2}\tanh\frac{x}{2} + \frac{1}{2}` で計算します。
+    :math:`e^{-x}` は :math:`x` が大きな負の数だとあふれるので、:math:`z = e^{-|x|}`（0 < z ≤ 1 なので
+    あふれない）を使い、符号で 2 つの式を使い分けます。
+
+    .. math::
+
+        \sigma(x) = \begin{cases} \dfrac{1}{1 + z} & (x \ge 0) \\[4pt] \dfrac{z}{1 + z} & (x < 0) \end{cases}
+
+    どちらの式にも引き算がないので、:math:`x = -30` のような裾でも float32 の精度（相対誤差 :math:`10^{-7}` 程度）
+    が保たれます（:math:`\frac{1}{2}\tanh\frac{x}{2} + \frac{1}{2}` は裾で桁落ちします）。
     """
 
     def forward(self, x):
         xp = cuda.get_array_module(x)
-        half = x.dtype.type(0.5)  # 0.5 を x と同じ dtype にして、float32 のまま計算する
-        return xp.tanh(x * half) * half + half
+        z = xp.exp(-xp.abs(x))  # 0 < z <= 1（x が小さすぎると 0 に丸められるだけで、あふれない）
+        return xp.where(x >= 0, 1 / (1 + z), z / (1 + z))  # Python の 1 は x の dtype に合わせられる
 
     def backward(self, gy):
         y = self.outputs[0]()
@@ -67,7 +74,7 @@ class Linear(Function):
 
     Args:
         needs_gx (bool): ``False`` なら、入力 :math:`X` の勾配を計算しません（:math:`X` がデータのとき、
-            いちばん大きな行列積を 1 回省けます）。
+            層の 3 つの同じ大きさの行列積のうち、:math:`G_Y W^\top` を 1 回省けます）。
 
     Shape:
         X: (..., D)、W: (D, H)、b: (H,) または ``None`` -> Y: (..., H)
