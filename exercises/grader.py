@@ -16,6 +16,7 @@
 残りの採点を続けます。
 """
 import ast
+import contextlib
 import json
 import linecache
 import os
@@ -235,12 +236,14 @@ class Exercise:
     ``ex(...)`` で読者の関数を呼び、``ex.check_close(...)`` などで確かめます。
     """
 
-    def __init__(self, number, name, obj, seed, notes=None):
+    def __init__(self, number, name, obj, seed, notes=None, namespace=None):
         self.number = number
         self.name = name
         self.obj = obj
         self.seed = seed
         self.notes = notes or {}  # 名前 → 読み込みのときに分かったこと（NameError の説明に使います）
+        self.namespace = namespace  # 解答の名前空間（spy() が、読者が import した名前も差し替えるのに使います）
+        self._context = None  # context() で渡した、例外のときに見せる入力とヒント
 
     def _header(self):
         return f"練習 {self.number}（{self.name}）"
@@ -282,6 +285,17 @@ class Exercise:
             mine = [f for f in frames[1:]
                     if "site-packages" not in f.filename and not f.filename.startswith(sys.base_prefix)]
             where = (cells or mine or frames)[-1]
+            # 答えのセルの中の場所があれば、そこを示します（準備のセルの Variable.backward などではなく）
+            own_files = answer_filenames(self.obj)
+            own = [f for f in frames[1:] if f.filename in own_files]
+            beyond = ""
+            if own and own[-1] is not where:
+                beyond = (f"\n  （例外が起きたのは、そこから呼ばれた {where.name}() の {where.lineno} 行目: "
+                          f"{where.line}）")
+                where = own[-1]
+            elif own_files and cells and where.filename not in own_files:
+                beyond = ("\n  （この行は練習の答えのセルではなく、それを呼んだ準備のセルやライブラリのコードです。"
+                          "あなたの答えが返した値（型・個数・shape）が、ここで期待と違っていた可能性があります）")
             if isinstance(exc, SystemExit):
                 what = "sys.exit() / exit() が呼ばれました（解答の中では呼ばず、答えを return してください）"
             elif isinstance(exc, KeyboardInterrupt):
@@ -289,13 +303,81 @@ class Exercise:
             else:
                 what = f"{type(exc).__name__}: {exc}"
             missing = getattr(exc, "name", None) if isinstance(exc, NameError) else None
-            note = f"\n  ヒント:     {self.notes[missing]}" if missing in self.notes else ""
+            context = self._context or {}
+            inputs = context.get("inputs") or _describe_args(args, kwargs)
+            hint = self.notes.get(missing) or context.get("hint")
             raise ExerciseFailure(
                 f"{self._header()}: 実行中に例外が起きました。\n"
                 f"  {what}\n"
-                f"  場所: {where.name}() の {where.lineno} 行目: {where.line}{note}\n"
-                f"{self._seed_line()}"
+                f"  場所: {where.name}() の {where.lineno} 行目: {where.line}{beyond}\n"
+                + (f"  入力:       {inputs}\n" if inputs else "")
+                + (f"  ヒント:     {hint}\n" if hint else "")
+                + f"{self._seed_line()}"
             ) from None
+
+    @contextlib.contextmanager
+    def context(self, inputs=None, hint=None):
+        """この中で読者のコードが例外を出したら、メッセージに ``inputs`` と ``hint`` を添えます。"""
+        old, self._context = self._context, {"inputs": inputs, "hint": hint}
+        try:
+            yield self
+        finally:
+            self._context = old
+
+    @contextlib.contextmanager
+    def spy(self, owner, name):
+        """``owner.name``（モジュールの関数やクラスのメソッド）を、呼ばれた記録を取る関数に差し替えます。
+
+        解答の名前空間に同じものが import されていれば（``from numpy import tanh`` など）、それも差し替えます。
+        ``with ex.spy(np, "tanh") as calls:`` の中で呼ばれるたびに ``calls`` に ``(args, kwargs)`` が入ります。
+        """
+        original = getattr(owner, name)
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            calls.append((args, kwargs))
+            return original(*args, **kwargs)
+
+        namespace = self.namespace if isinstance(self.namespace, dict) else {}
+        same = [key for key, value in list(namespace.items()) if value is original]
+        setattr(owner, name, wrapper)
+        for key in same:
+            namespace[key] = wrapper
+        try:
+            yield calls
+        finally:
+            setattr(owner, name, original)
+            for key in same:
+                if namespace.get(key) is wrapper:
+                    namespace[key] = original
+
+    def traced(self, func, *args, **kwargs):
+        """``self.run(func, ...)`` を呼び、``(結果, 答えのセルの中で実行された行の数)`` を返します。
+
+        データについての Python のループがあるかどうかを、行の数で調べるのに使います。
+        """
+        files = answer_filenames(self.obj)
+        count = [0]
+
+        def local(frame, event, arg):
+            if event == "line":
+                count[0] += 1
+            return local
+
+        def tracer(frame, event, arg):
+            return local if frame.f_code.co_filename in files else None
+
+        old = sys.gettrace()
+        sys.settrace(tracer)
+        try:
+            result = self.run(func, *args, **kwargs)
+        finally:
+            sys.settrace(old)
+        return result, count[0]
+
+    def nodes(self, obj=None):
+        """答え（または ``obj``）の定義と、それが使う同じセルの関数・クラスの AST。分からなければ None。"""
+        return answer_nodes(self.obj if obj is None else obj)
 
     def __call__(self, *args, **kwargs):
         return self.run(self.obj, *args, **kwargs)
@@ -337,16 +419,21 @@ class Exercise:
         if not numeric:
             self.fail("数値か配列を返してください。", inputs=inputs, expected=expected,
                       actual=actual, hint=hint)
+        shown = expected
+        if (not check_dtype and got.dtype.kind == "f" and expected.dtype.kind == "f"
+                and got.dtype.itemsize < expected.dtype.itemsize):
+            # dtype は比べないとき、float32 の答えには期待値も float32 で見せます（float64 を求めていると誤解しないように）
+            shown = expected.astype(got.dtype)
         if got.shape != expected.shape:
             self.fail(f"shape が違います（期待 {expected.shape}、実際 {got.shape}）。",
-                      inputs=inputs, expected=expected, actual=actual, hint=hint)
+                      inputs=inputs, expected=shown, actual=actual, hint=hint)
         if check_dtype and got.dtype != expected.dtype:
             self.fail(f"dtype が違います（期待 {expected.dtype}、実際 {got.dtype}）。",
                       inputs=inputs, expected=expected, actual=actual, hint=hint)
         if not np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
             err = np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))
             self.fail(f"値が違います（最大の差 {err:.3g}、許容 rtol={rtol:g}, atol={atol:g}）。",
-                      inputs=inputs, expected=expected, actual=actual, hint=hint)
+                      inputs=inputs, expected=shown, actual=actual, hint=hint)
 
     def check_raises(self, exc_type, func, *args, inputs=None, hint=None, **kwargs):
         """``func(*args)`` が ``exc_type`` を送出することを確かめます。"""
@@ -383,6 +470,109 @@ def pick_hint(actual, candidates, default, rtol=1e-4, atol=1e-5, equal_nan=False
     return default
 
 
+def _describe_args(args, kwargs, limit=160):
+    """例外のメッセージに添える、呼び出しの引数の短い説明（引数がなければ空文字列）。"""
+    parts = [_short(a, limit) for a in args] + [f"{k}={_short(v, limit)}" for k, v in kwargs.items()]
+    return ", ".join(parts)
+
+
+def _code_objects(obj):
+    """関数・ラムダ・クラス（のメソッド）のコードオブジェクトのリスト。"""
+    if isinstance(obj, type):
+        codes = []
+        for value in vars(obj).values():
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property):
+                value = value.fget
+            code = getattr(value, "__code__", None)
+            if code is not None:
+                codes.append(code)
+        return codes
+    code = getattr(obj, "__code__", None)
+    return [code] if code is not None else []
+
+
+def answer_filenames(obj):
+    """``obj`` を定義したセル（ファイル）の名前の集合（分からなければ空）。"""
+    return {code.co_filename for code in _code_objects(obj)}
+
+
+def answer_source(obj):
+    """``obj`` を定義したセル全体のソース（``linecache`` から）。分からなければ None。"""
+    for code in _code_objects(obj):
+        lines = linecache.getlines(code.co_filename)
+        if lines:
+            return "".join(lines)
+    return None
+
+
+def answer_nodes(obj):
+    """``obj`` の定義（def・class・lambda）と、それが名前で使う同じセルの関数・クラスの AST ノードのリスト。
+
+    セルの一番外側で答えを試すコード（``print(f(...))`` など）は含みません。ソースが分からないときは None。
+    """
+    source = answer_source(obj)
+    if source is None:
+        return None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    top = {node.name: node for node in tree.body if isinstance(node, defs)}
+    first_lines = {code.co_firstlineno for code in _code_objects(obj)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(obj, type):
+            match = isinstance(node, ast.ClassDef) and node.name == obj.__name__
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            match = first in first_lines and getattr(node, "name", "<lambda>") == getattr(obj, "__name__", None)
+        else:
+            match = False
+        if match:
+            found = [node]  # 同じ名前の定義が何度もあれば、最後のもの
+    if not found:
+        return None
+    names_done = {getattr(found[0], "name", None)}
+    queue = list(found)
+    while queue:
+        node = queue.pop()
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and sub.id in top and sub.id not in names_done:
+                names_done.add(sub.id)
+                found.append(top[sub.id])
+                queue.append(top[sub.id])
+    return found
+
+
+def attribute_names(nodes):
+    """AST ノードの中で読み書きしている属性の名前（``x.strides`` の ``strides``）と、
+    ``getattr(x, "名前")`` の名前の集合。"""
+    names = set()
+    for node in nodes or []:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute):
+                names.add(sub.attr)
+            elif (isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "getattr"
+                  and len(sub.args) >= 2 and isinstance(sub.args[1], ast.Constant)):
+                names.add(str(sub.args[1].value))
+    return names
+
+
+def used_names(nodes):
+    """AST ノードの中で使っている名前（``np.broadcast_shapes`` なら ``np`` と ``broadcast_shapes``）の集合。"""
+    names = set()
+    for node in nodes or []:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name):
+                names.add(sub.id)
+            elif isinstance(sub, ast.Attribute):
+                names.add(sub.attr)
+    return names
+
+
 def _raise_not_implemented():
     raise NotImplementedError
 
@@ -406,7 +596,7 @@ class Answers:
                 f"{header}: `{name}` が見つかりません（{self.origin}）。\n"
                 f"  解答セルで `{name}` を定義したまま、名前を変えずに残してください。"
             )
-        return Exercise(number, name, self.namespace[name], seed, notes=self.errors)
+        return Exercise(number, name, self.namespace[name], seed, notes=self.errors, namespace=self.namespace)
 
 
 def pytest_addoption(parser):

@@ -501,3 +501,104 @@ def test_escaping_exceptions_and_a_closed_pipe_fail_only_that_test(tmp_path):
     assert "Exit: おしまい" in _messages(results, "1-1"), output
     assert "パイプを閉じて" in _messages(results, "1-2"), output
     assert "採点結果: 2 / 4 問 正解" in output, output
+
+
+# ---------------------------------------------------------------- 本文が決めた規則・辺の入力（issue 10 の 6）
+#
+# 出力だけでは見分けられない間違い（計算せずに読む・数値微分・出力を使い直さない・式で済ませる・ライブラリに任せる・
+# データのループ）と、配列を返す backward・同点・行ごとの最大値を、書き込んだ答えで確かめます。
+
+_WRONG = {
+    "1-1 strides": ("ch01", "1-1", "import numpy as np\ndef c_strides(shape, itemsize):\n"
+                    "    return np.empty(shape, dtype=f'V{itemsize}').strides\n", "`.strides` を読んでいます"),
+    "1-2 message": ("ch01", "1-2", "def broadcast_shape(shape_a, shape_b):\n    n = max(len(shape_a), len(shape_b))\n"
+                    "    a = (1,) * (n - len(shape_a)) + tuple(shape_a)\n    b = (1,) * (n - len(shape_b)) + tuple(shape_b)\n"
+                    "    for p, q in zip(a, b):\n        if p != q and 1 not in (p, q):\n"
+                    "            raise ValueError('ブロードキャストできません')\n"
+                    "    return tuple(q if p == 1 else p for p, q in zip(a, b))\n", "2 つの shape が書かれていません"),
+    "2-3 numerical": ("ch02", "2-3", "def sigmoid_grad(x):\n    s = lambda v: 1 / (1 + np.exp(-v))\n"
+                      "    return ((s(x + 1e-5) - s(x - 1e-5)) / 2e-5).astype(x.dtype)\n", "数値微分"),
+    "3-2 recompute": ("ch03", "3-2", "class Tanh(Function):\n    def forward(self, x):\n        return np.tanh(x)\n\n"
+                      "    def backward(self, gy):\n        return (1 - np.tanh(self.input.data) ** 2) * gy\n",
+                      "tanh をもう一度計算しています"),
+    "3-4 verdict": ("ch03", "3-4", "def check_backward(function_class, x, eps=1e-4):\n    f = function_class()\n"
+                    "    f(Variable(x))\n    gy = np.random.default_rng(0).uniform(0.5, 1.5, size=x.shape)\n"
+                    "    numerical = numerical_diff(lambda v: function_class()(Variable(v)).data, x, eps)\n"
+                    "    return bool(np.allclose(f.backward(gy), numerical, rtol=1e-5, atol=1e-7))\n",
+                    "の backward は正しいので True が正解です"),
+    "6-4 ties": ("ch06", "6-4", "class Maximum(Function):\n    def forward(self, x0, x1):\n        return np.maximum(x0, x1)\n\n"
+                 "    def backward(self, gy):\n        x0, x1 = self.inputs\n        mask = (x0.data > x1.data).astype(gy.dtype)\n"
+                 "        return sum_to(gy * mask, x0.shape), sum_to(gy * (1 - mask), x1.shape)\n\n\n"
+                 "def maximum(x0, x1):\n    return Maximum()(*as_operands(x0, x1))\n", "同じ値のところでは"),
+    "7-2 arrays": ("ch07", "7-2", "def newton_minimize(f, x0, steps):\n    x = Variable(np.array(x0, dtype=np.float64))\n"
+                   "    history = [x.data.copy()]\n    for _ in range(steps):\n        x.cleargrad()\n"
+                   "        f(x).backward(create_graph=True)\n        gx = x.grad\n        x.cleargrad()\n        gx.backward()\n"
+                   "        x.data = x.data - gx.data / x.grad.data\n        history.append(x.data.copy())\n    return history\n",
+                   "Python の数値（float）を入れてください"),
+    "7-3 formula": ("ch07", "7-3", "def gradient_penalty(f, x):\n    x = Variable(np.asarray(x))\n    y = f(x)\n"
+                    "    y.grad = Variable(np.ones_like(y.data))\n    y.backward(create_graph=True)\n    gx = x.grad\n"
+                    "    x.cleargrad()\n    gx.grad = Variable(np.ones_like(gx.data))\n    gx.backward()\n"
+                    "    return 2 * gx.data * x.grad.data\n", "(df/dx)^2 を逆伝播していません"),
+    "8-1 ndarray": ("ch08", "8-1", "class Flatten(Function):\n    def forward(self, x):\n        return x.reshape(x.shape[0], -1)\n\n"
+                    "    def backward(self, gy):\n        return gy.data.reshape(self.inputs[0].shape)\n\n\n"
+                    "def flatten(x):\n    return Flatten()(x)\n", "backward は Variable を返してください"),
+    "8-4 delegate": ("ch08", "8-4", "from mini_dl.functions.tensor import GetItemGrad\n\n\nclass EmbedID(Function):\n"
+                     "    def __init__(self, ids):\n        self.ids = ids\n\n    def forward(self, W):\n        return W[self.ids]\n\n"
+                     "    def backward(self, gy):\n        return GetItemGrad(self.ids, self.inputs[0].shape)(gy)\n",
+                     "GetItemGrad に計算を任せています"),
+    "8-5 global max": ("ch08", "8-5", "def logsumexp(x, axis=-1):\n    m = F.max(x)\n"
+                       "    return F.log(F.sum(F.exp(x - m), axis=axis)) + m\n", "軸ごとに F.max"),
+    "11-5 loop": ("ch11", "11-5", "def top_k_accuracy(y, t, k):\n    s = y.data if isinstance(y, Variable) else np.asarray(y)\n"
+                  "    return float(np.mean([ti in np.argsort(r)[-k:] for r, ti in zip(s, t)]))\n",
+                  "データについての Python のループ"),
+}
+
+_VALID = {
+    "1-1 cumprod": ("ch01", "1-1", "import numpy as np\ndef c_strides(shape, itemsize):\n    if not shape:\n        return ()\n"
+                    "    after = np.cumprod((tuple(shape[1:]) + (1,))[::-1])[::-1]\n"
+                    "    return tuple(int(v) * itemsize for v in after)\nprint(c_strides((3, 4), 4))\n"),
+    "1-2 lists": ("ch01", "1-2", "def broadcast_shape(shape_a, shape_b):\n    n = max(len(shape_a), len(shape_b))\n"
+                  "    a = [1] * (n - len(shape_a)) + list(shape_a)\n    b = [1] * (n - len(shape_b)) + list(shape_b)\n"
+                  "    if any(p != q and 1 not in (p, q) for p, q in zip(a, b)):\n"
+                  "        raise ValueError('x'.join(map(str, shape_a)) + ' vs ' + 'x'.join(map(str, shape_b)))\n"
+                  "    return tuple(q if p == 1 else p for p, q in zip(a, b))\n"),
+    "3-2 attribute": ("ch03", "3-2", "class Tanh(Function):\n    def forward(self, x):\n        self.out = np.tanh(x)\n"
+                      "        return self.out\n\n    def backward(self, gy):\n        return gy - gy * self.out * self.out\n"),
+    "7-3 sum": ("ch07", "7-3", "def gradient_penalty(f, x):\n    x = Variable(np.asarray(x))\n    F.sum(f(x)).backward(create_graph=True)\n"
+                "    gx = x.grad\n    x.cleargrad()\n    F.sum(gx * gx).backward()\n    return x.grad.data\n"),
+    "8-3 transpose": ("ch08", "8-3", "class Swapaxes(Function):\n    def __init__(self, axis1, axis2):\n"
+                      "        self.axis1, self.axis2 = axis1, axis2\n\n    def forward(self, x):\n"
+                      "        return np.swapaxes(x, self.axis1, self.axis2)\n\n    def backward(self, gy):\n"
+                      "        axes = list(range(gy.ndim))\n        a, b = self.axis1 % gy.ndim, self.axis2 % gy.ndim\n"
+                      "        axes[a], axes[b] = axes[b], axes[a]\n        return F.transpose(gy, axes)\n\n\n"
+                      "def swapaxes(x, axis1, axis2):\n    return Swapaxes(axis1, axis2)(x)\n"),
+    "11-5 loop over k": ("ch11", "11-5", "def top_k_accuracy(y, t, k):\n    s = np.asarray(y.data if isinstance(y, Variable) else y)\n"
+                         "    order = np.argsort(-s, axis=1)\n    hit = np.zeros(len(s), dtype=bool)\n"
+                         "    for j in range(k):\n        hit |= order[:, j] == np.asarray(t)\n    return float(hit.mean())\n"),
+}
+
+
+def _by_chapter(cases):
+    chapters = {}
+    for case in cases.values():
+        chapters.setdefault(case[0], []).append(case[1:])
+    return chapters
+
+
+@pytest.mark.parametrize("ch", sorted(_by_chapter(_WRONG)))
+def test_rules_the_text_states_are_enforced_with_a_hint(tmp_path, ch):
+    cases = _by_chapter(_WRONG)[ch]  # 同じ章の間違いは 1 つのノートブックに書き込んで、1 回で採点します
+    folder = _answers(tmp_path, ch=ch, replace={number: code for number, code, _ in cases}, also=())
+    results, output, _, _ = _grade(folder, k=" or ".join(f"test_ex{n.replace('-', '_')}_" for n, _, _ in cases))
+    for number, _, hint in cases:
+        assert number in results and not _ok(results, number), output
+        assert hint in _messages(results, number), output
+
+
+@pytest.mark.parametrize("ch", sorted(_by_chapter(_VALID)))
+def test_valid_answers_written_differently_are_accepted(tmp_path, ch):
+    cases = _by_chapter(_VALID)[ch]
+    folder = _answers(tmp_path, ch=ch, replace=dict(cases), also=())
+    results, output, _, _ = _grade(folder, k=" or ".join(f"test_ex{n.replace('-', '_')}_" for n, _ in cases))
+    for number, _ in cases:
+        assert _ok(results, number), output

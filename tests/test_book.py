@@ -300,3 +300,135 @@ def test_readme_reading_instructions_match_the_built_book(html):
         assert f'id="{anchor}"' in text, f"README のアンカー {page}#{anchor} が、作った本にありません"
     assert "offline_check.py" in section and (ROOT / "tests" / "offline_check.py").is_file()
     assert "検索" in section and "Ctrl" in section
+
+
+# ---- ウィジェットの静止画と、セルの 3 種類のラベル ----
+
+# ウィジェットの横の静止画がまだ無い章（担当の作業が終われば、この集合から外します）
+WIDGETS_WITHOUT_STATIC_PICTURE_YET = {"ch05_memory_modes", "ch09_mlp", "ch10_optimizers"}
+
+
+def _has_png(cell):
+    return cell["cell_type"] == "code" and any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, id=p.stem, marks=pytest.mark.xfail(reason="静止画はまだありません", strict=False))
+    if p.stem in WIDGETS_WITHOUT_STATIC_PICTURE_YET else pytest.param(p, id=p.stem)
+    for p in NOTEBOOKS])
+def test_every_widget_has_a_static_picture(path):
+    """``interact(`` を呼ぶセルのあと 2 つ以内に、同じ関数を直接呼んだ静止画（image/png）のセルがあります。
+
+    HTML や GitHub で読む人は、カーネルが無くても結果の図を見られます。
+    """
+    cells = booktools.read_nb(path)["cells"]
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] == "code" and "interact(" in booktools.cell_source(cell):
+            assert any(_has_png(c) for c in cells[i + 1:i + 3]), (
+                f"{path.name} のセル {i}: ウィジェットのあと 2 つ以内に、静止画のセルがありません")
+
+
+SAME_AS_PACKAGE = re.compile(r"^# (mini_dl/[\w/]+\.py(?:・mini_dl/[\w/]+\.py)*) と同じ（完成形）$")
+DRAFT_LABEL = re.compile(r"^# 下書き（(draft|この章の完成形)）: \S")
+# セルの 3 種類のラベル（下書き・この章の完成形・パッケージと同じ）を付け終えた章
+LABELLED_CHAPTERS = {"ch03_variable_function", "ch06_natural_code", "ch07_higher_order", "ch08_tensors",
+                     "ch11_classification"}
+
+
+def _code_cells_with_definitions(path):
+    """(番号, セル, 1 行目, トップレベルの定義 [(名前, ソース)]) を返します（定義の読み方は tests/mirror.py と同じ）。"""
+    import ast
+
+    import mirror
+
+    for i, cell in enumerate(booktools.read_nb(path)["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = booktools.cell_source(cell)
+        text = mirror._strip_magics(source)
+        try:
+            defs = list(mirror._top_level(ast.parse(text), text))
+        except SyntaxError:
+            defs = []
+        yield i, cell, source.lstrip("\n").split("\n", 1)[0], defs
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_cell_labels_are_one_of_three_kinds_and_true(path):
+    """下書きは「# 下書き（draft）: …」か「# 下書き（この章の完成形）: …」で始め、
+    「# mini_dl/… と同じ（完成形）」と書いたセルの定義は、そのファイルの定義と一字一句同じです。"""
+    import ast
+
+    import mirror
+
+    for i, _, first, defs in _code_cells_with_definitions(path):
+        if mirror.DRAFT_RE.match(first):
+            assert DRAFT_LABEL.match(first), (
+                f"{path.name} のセル {i}: 下書きの 1 行目は「# 下書き（draft）: …」か"
+                f"「# 下書き（この章の完成形）: …」です: {first}")
+        m = SAME_AS_PACKAGE.match(first)
+        if not m:
+            continue
+        assert defs, f"{path.name} のセル {i}: 「と同じ（完成形）」のセルに定義がありません"
+        package = {}
+        for rel in m.group(1).split("・"):
+            file = ROOT / rel
+            assert file.is_file(), f"{path.name} のセル {i}: {rel} がありません"
+            text = file.read_text(encoding="utf-8")
+            package.update(mirror._top_level(ast.parse(text), text))
+        for name, source in defs:
+            assert package.get(name) == source, (
+                f"{path.name} のセル {i}: {name} が {m.group(1)} の定義と一字一句同じではありません")
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS],
+                         ids=[p.stem for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS])
+def test_every_package_definition_cell_carries_a_label(path):
+    """パッケージと同じ名前を定義するセルは、3 種類のどれかのラベルで始まります。
+    「この章の完成形」のセルは、直前の説明の文にも「この章の完成形」と書きます。"""
+    import mirror
+
+    names = {d.name for d in mirror.package_definitions()}
+    cells = booktools.read_nb(path)["cells"]
+    for i, _, first, defs in _code_cells_with_definitions(path):
+        if not any(name in names for name, _ in defs):
+            continue
+        assert DRAFT_LABEL.match(first) or SAME_AS_PACKAGE.match(first), (
+            f"{path.name} のセル {i}: 1 行目に「# 下書き（draft）: …」「# 下書き（この章の完成形）: …」"
+            f"「# mini_dl/… と同じ（完成形）」のどれかを書きます: {first}")
+        if first.startswith("# 下書き（この章の完成形）"):
+            prose = next(booktools.cell_source(c) for c in reversed(cells[:i]) if c["cell_type"] == "markdown")
+            assert "この章の完成形" in prose, f"{path.name} のセル {i}: 直前の説明に「この章の完成形」とありません"
+
+
+WIDGET_NOTE = "（ウィジェットは Jupyter か Colab で動かせます。HTML の本では、下の 1 枚目の図がウィジェットと同じ設定の結果です。）"
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS],
+                         ids=[p.stem for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS])
+def test_widget_note_is_the_same_everywhere(path):
+    """ウィジェットの直前の説明は、どの章でも同じ言い方で、HTML の本では静止画を見ることを伝えます。"""
+    cells = booktools.read_nb(path)["cells"]
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] == "code" and "interact(" in booktools.cell_source(cell):
+            prose = next(booktools.cell_source(c) for c in reversed(cells[:i]) if c["cell_type"] == "markdown")
+            assert WIDGET_NOTE in prose, f"{path.name} のセル {i}: ウィジェットの前の説明に「{WIDGET_NOTE}」がありません"
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS],
+                         ids=[p.stem for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS])
+def test_drawing_helpers_are_folded(path):
+    """図のためだけの補助関数（``draw_…``）を定義するセルは、タグ ``hide-input`` で畳みます（ウィジェットのセルは除く）。"""
+    import ast
+
+    for i, cell in enumerate(booktools.read_nb(path)["cells"]):
+        source = booktools.cell_source(cell)
+        if cell["cell_type"] != "code" or "interact(" in source:
+            continue
+        try:
+            names = [n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)]
+        except SyntaxError:  # IPython のマジック（%timeit など）のセル
+            continue
+        if any(name.startswith("draw_") for name in names):
+            assert "hide-input" in cell["metadata"].get("tags", []), (
+                f"{path.name} のセル {i}: 図の補助関数 {names} のセルに hide-input のタグがありません")

@@ -1,7 +1,9 @@
 """第1章の隠しテスト。"""
+import re
+
 import numpy as np
 
-from grader import pick_hint
+from grader import attribute_names, pick_hint
 
 
 def _shape(rng, max_ndim=4, low=1, high=6):
@@ -22,6 +24,17 @@ def test_ex1_1_c_strides(exercise, rng):
         ex.check_equal(got, expected, inputs=f"shape={shape}, itemsize={itemsize}",
                        hint="最後の軸の stride は itemsize、1 つ前の軸は「後ろの軸の stride × 後ろの軸の長さ」。"
                             "順番（前の軸ほど大きい）も確かめましょう。")
+
+
+def test_ex1_1_c_strides_is_computed_not_read(exercise):
+    ex = exercise("1-1", "c_strides")
+    ex((3, 4), 4)  # 解いていなければ、ここで「まだ解かれていません」
+    nodes = ex.nodes()
+    if nodes is not None and "strides" in attribute_names(nodes):
+        ex.fail("NumPy の配列を作って `.strides` を読んでいます。この練習では strides を計算で求めます。",
+                show_values=False,
+                hint="最後の軸の stride を itemsize とし、後ろの軸から順に「stride × その軸の長さ」を掛けていきます"
+                     "（for ループで reversed(shape) をたどるか、リストの先頭に足していきます）。")
 
 
 def _expected_broadcast(a, b):
@@ -55,6 +68,56 @@ def test_ex1_2_broadcast_shape(exercise, rng):
             got = ex(a, b)
             ex.check_equal(tuple(got) if isinstance(got, (tuple, list)) else got, expected, inputs=inputs,
                            hint="右端の軸からそろえ、足りない軸は左に 1 を補います。長さ 1 の軸は相手の長さ（0 も含む）になります。")
+
+
+def _mentions_shape(message, shape):
+    """メッセージに shape の数が（この順に、続けて）書かれているか。(3, 4) と書いても [3, 4] や 3x4 でもよい。"""
+    numbers = [int(n) for n in re.findall(r"\d+", message)]
+    shape = list(shape)
+    return any(numbers[i:i + len(shape)] == shape for i in range(len(numbers) - len(shape) + 1))
+
+
+def test_ex1_2_error_message_names_both_shapes(exercise, rng):
+    ex = exercise("1-2", "broadcast_shape")
+    cases = [((3, 4), (3,)), ((2, 5, 4), (7, 1)), ((6, 1, 2), (6, 3, 5))]
+    k = int(rng.integers(2, 6))
+    cases.append(((k, k + 1), (k + 2, 1, k)))
+    for a, b in cases:
+        inputs = f"shape_a={a}, shape_b={b}"
+        try:
+            got = ex.obj(a, b)
+        except ValueError as exc:
+            message = str(exc)
+            if not (_mentions_shape(message, a) and _mentions_shape(message, b)):
+                ex.fail("ValueError のメッセージに、2 つの shape が書かれていません。", inputs=inputs,
+                        expected=f"{a} と {b} を含むメッセージ", actual=message,
+                        hint="どの shape どうしが合わなかったのかが分かるように、"
+                             "`raise ValueError(f\"{shape_a} と {shape_b} はブロードキャストできません\")` のように、"
+                             "受け取った 2 つの shape をそのまま書きます。")
+        except Exception:  # ValueError 以外の例外は、説明つきで不合格にします
+            ex.check_raises(ValueError, ex.obj, a, b, inputs=inputs)
+        else:
+            ex.fail("ValueError を送出するはずが、値を返しました。", inputs=inputs, expected="ValueError",
+                    actual=got, hint="右端からそろえて、長さが違いどちらも 1 でない軸があれば ValueError を送出します。")
+
+
+def test_ex1_2_does_not_use_numpy_broadcasting_helpers(exercise, rng):
+    ex = exercise("1-2", "broadcast_shape")
+    ex((3, 1), (4,))  # 解いていなければ、ここで「まだ解かれていません」
+    names = ["broadcast_shapes", "broadcast", "broadcast_to", "broadcast_arrays"]
+    with ex.spy(np, names[0]) as c0, ex.spy(np, names[1]) as c1, ex.spy(np, names[2]) as c2, \
+            ex.spy(np, names[3]) as c3:
+        for a, b in [((3, 1), (4,)), ((2, 1, 4), (3, 1)), ((3, 4), (3,))]:
+            try:
+                ex.obj(a, b)
+            except Exception:  # 値や例外の正しさは別のテストで確かめます
+                pass
+    used = [f"np.{n}" for n, c in zip(names, (c0, c1, c2, c3)) if c]
+    if used:  # np.broadcast_shapes は中で np.broadcast を呼ぶので、最初の 1 つだけ示します
+        ex.fail(f"{used[0]} を使っています。この練習では NumPy の関数を使わずに規則どおりに計算します。",
+                show_values=False,
+                hint="短いほうの shape の左に 1 を補って長さをそろえ、右から 1 軸ずつ「等しいか、どちらかが 1 か」を"
+                     "確かめながら結果の長さを決めます。")
 
 
 def test_ex1_3_matmul_gflops(exercise, rng):

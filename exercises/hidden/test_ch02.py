@@ -196,9 +196,16 @@ def _sigmoid_grad_reference(x):
     return s * (1.0 - s)
 
 
+NUMERICAL_HINT = ("数値微分（(σ(x + h) - σ(x - h)) / 2h や numerical_diff）ではなく、σ(x)(1 − σ(x)) の式で計算します。"
+                  "数値微分は刻み幅 h をどう選んでも 1e-10 ほどの誤差が残りますが、式なら float64 の丸め誤差"
+                  "（1e-15 ほど）しか残りません。")
+
+
 def _sigmoid_hint(x, got, default="σ(x) = 1 / (1 + exp(-x)) を計算してから、σ(x) * (1 - σ(x)) を返します。"):
     x64 = np.asarray(x, dtype=np.float64)
     s = 0.5 * (1.0 + np.tanh(0.5 * x64))
+    if _matches(got, s * (1 - s), rtol=3e-2, atol=3e-3):  # ほとんど合っている: 数値微分の誤差
+        default = NUMERICAL_HINT
     return _diagnose(got, [
         ("σ(x)(1 − σ(x)) の後ろの σ(x) を x と書いていませんか。", s * (1 - x64)),
         ("sigmoid 自体ではなく、その微分を返します。", s),
@@ -249,6 +256,19 @@ def test_ex2_3_sigmoid_grad_large_inputs_are_finite(exercise, rng):
         ex.check_close(got, expected, rtol=1e-4, atol=1e-12,
                        inputs=f"x={np.array2string(x, precision=1)}（dtype={np.dtype(dtype).name}）",
                        hint=overflow_hint if has_nan else _sigmoid_hint(x, got, overflow_hint))
+
+
+def test_ex2_3_sigmoid_grad_uses_the_formula(exercise, rng):
+    ex = exercise("2-3", "sigmoid_grad")
+    from grader import used_names
+    called = used_names(ex.nodes()) & {"numerical_diff", "numerical_gradient", "central_diff"}
+    if called:
+        ex.fail(f"{sorted(called)[0]}（数値微分）を使っています。", show_values=False, hint=NUMERICAL_HINT)
+    x = rng.uniform(-3.0, 3.0, size=40)
+    got = ex(x.copy())
+    ex.check_close(got, _sigmoid_grad_reference(x), rtol=1e-12, atol=0,
+                   inputs=f"x は [-3, 3] の float64 の乱数 40 個（先頭: {np.round(x[:3], 4).tolist()}）",
+                   hint=_sigmoid_hint(x, got, NUMERICAL_HINT))
 
 
 def test_ex2_3_sigmoid_grad_does_not_modify_input(exercise, rng):

@@ -67,6 +67,36 @@ def test_ex3_2_tanh_instances_are_independent(exercise, rng):
                         "2 つの Tanh を順に使っても、それぞれ自分の出力で逆伝播します。")
 
 
+REUSE_HINT = ("forward で計算した出力を `self.y = y` のように覚えておき、backward では `(1 - self.y ** 2) * gy` と"
+              "その値を使います。np.tanh(self.input.data) のように tanh をもう一度計算しないこと。")
+
+
+def test_ex3_2_tanh_reuses_the_output(exercise, rng):
+    ex = exercise("3-2", "Tanh")
+    Variable = _chapter3(exercise, "Variable")
+    cls = ex.check_subclass(_chapter3(exercise, "Function"))
+    x = rng.uniform(-2, 2, size=4).astype(np.float32)
+    gy = rng.uniform(0.5, 2.0, size=4).astype(np.float32)
+    inputs = f"x={np.round(x.astype(np.float64), 3).tolist()}（float32）、gy は乱数"
+    f = ex.run(cls)
+    ex.run(f, Variable(x.copy()))
+    # 順伝播のあとで入力をすり替えます。出力を覚えて使っていれば、逆伝播の結果は変わりません
+    other = rng.uniform(-2, 2, size=4).astype(np.float32)
+    f.input = Variable(other)
+    names = ["tanh", "cosh", "sinh", "exp", "expm1"]
+    with ex.spy(np, names[0]) as c0, ex.spy(np, names[1]) as c1, ex.spy(np, names[2]) as c2, \
+            ex.spy(np, names[3]) as c3, ex.spy(np, names[4]) as c4:
+        with ex.context(inputs=inputs, hint=REUSE_HINT):
+            gx = ex.run(f.backward, gy)
+    recomputed = [f"np.{n}" for n, c in zip(names, (c0, c1, c2, c3, c4)) if c]
+    if recomputed:
+        ex.fail(f"backward の中で {recomputed[0]} を呼んで、tanh をもう一度計算しています。", inputs=inputs,
+                show_values=False, hint=REUSE_HINT)
+    ex.check_close(gx, (1 - np.tanh(x) ** 2) * gy, rtol=1e-5, atol=1e-6,
+                   inputs=inputs + "。順伝播のあとで f.input を別の値に差し替えてから backward を呼びました",
+                   hint=REUSE_HINT)
+
+
 def test_ex3_3_backprop_composite(exercise, rng):
     ex = exercise("3-3", "backprop_composite")
     Variable = _chapter3(exercise, "Variable")
@@ -144,7 +174,12 @@ def _test_classes(Function):
 def test_ex3_4_check_backward(exercise, rng):
     ex = exercise("3-4", "check_backward")
     Cube, WrongSquare, IgnoresGy, WrongExp = _test_classes(_chapter3(exercise, "Function"))
-    cases = [(_chapter3(exercise, "Square"), True, ""), (_chapter3(exercise, "Exp"), True, ""), (Cube, True, ""),
+    correct = ("の backward は正しいので True が正解です（{}）。False になったのは、数値微分の側に同じ gy を"
+               "掛け忘れている・backward と数値微分で違う gy を使っている・np.allclose の許容誤差を厳しくしすぎている"
+               "（rtol=1e-5, atol=1e-7 を使います）・数値微分の刻み幅 eps を使っていない、のどれかではありませんか。")
+    cases = [(_chapter3(exercise, "Square"), True, "Square" + correct.format("dy/dx = 2x")),
+             (_chapter3(exercise, "Exp"), True, "Exp" + correct.format("dy/dx = e^x")),
+             (Cube, True, "Cube（y = x^3）" + correct.format("dy/dx = 3x^2")),
              (WrongSquare, False, "微分の係数 2 を忘れた backward です。"),
              (IgnoresGy, False, "gy を掛け忘れた backward です。gy がすべて 1 だと見逃します。"),
              (WrongExp, False, "0.1% だけずれた backward です。許容誤差が大きすぎませんか（rtol=1e-5, atol=1e-7）。")]
@@ -158,6 +193,6 @@ def test_ex3_4_check_backward(exercise, rng):
             ex.fail("True か False を返してください。", inputs=f"{name}, x={np.round(x, 3)!r}",
                     expected=expected, actual=got, hint="np.allclose(...) の結果をそのまま返せます。")
         if bool(got) != expected:
-            ex.fail(f"{name} の判定が違います。{why}", inputs=f"{name}, x={np.round(x, 3)!r}",
+            ex.fail(f"{name} の判定が違います。" + ("" if expected else why), inputs=f"{name}, x={np.round(x, 3)!r}",
                     expected=expected, actual=got,
-                    hint="backward(gy) と「数値微分 × gy」を、1 ではない gy で比べます。")
+                    hint=why if expected else "backward(gy) と「数値微分 × gy」を、1 ではない gy で比べます。")

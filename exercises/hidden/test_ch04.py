@@ -44,6 +44,10 @@ DTYPE_HINT = ("float32 の入力には float32 を返します。np.float64 の�
 # ---------------------------------------------------------------- 練習 4-1: Mul
 
 
+MUL_RAISE_HINT = ("Mul の forward は x0 * x1 の配列を 1 つ、backward は配列 2 つのタプル (gy * x1, gy * x0) を返します。"
+                  "入力の配列は self.inputs[0].data と self.inputs[1].data です（.grad ではありません）。")
+
+
 def test_ex4_1_mul_forward_backward(exercise, rng):
     ex = exercise("4-1", "Mul")
     Variable = _chapter4(exercise, "4-1", "Variable")
@@ -56,14 +60,16 @@ def test_ex4_1_mul_forward_backward(exercise, rng):
         inputs = (f"shape={shape} の {np.dtype(dtype).name} の乱数 x0, x1 と上流の勾配 gy"
                   f"（x0 の先頭: {_head(x0)}、x1 の先頭: {_head(x1)}）")
         f = ex.run(Mul)
-        y = ex.run(f, Variable(x0.copy()), Variable(x1.copy()))
+        with ex.context(inputs=inputs, hint=MUL_RAISE_HINT):
+            y = ex.run(f, Variable(x0.copy()), Variable(x1.copy()))
         if not isinstance(y, Variable):
             ex.fail("Mul()(x0, x1) は Variable を 1 つ返すはずです。", inputs=inputs, expected="Variable",
                     actual=y, hint="forward は配列を 1 つ（x0 * x1）だけ返します。")
         ex.check_close(y.data, x0 * x1, **_tol(dtype), inputs=inputs, hint="forward は要素ごとの積 x0 * x1 を返します。")
         ex.check_close(y.data, x0 * x1, check_dtype=True, **_tol(dtype), inputs=inputs, hint=DTYPE_HINT)
 
-        gxs = ex.run(f.backward, gy)
+        with ex.context(inputs=inputs + "、f.backward(gy) を直接呼びました", hint=MUL_RAISE_HINT):
+            gxs = ex.run(f.backward, gy)
         if not (isinstance(gxs, (tuple, list)) and len(gxs) == 2):
             ex.fail("backward は、2 つの入力それぞれの勾配をタプル (gx0, gx1) で返してください。", inputs=inputs,
                     expected="(gy * x1, gy * x0)", actual=gxs,
@@ -98,15 +104,17 @@ def test_ex4_1_mul_in_a_graph(exercise, rng):
         a, b = Variable(a_data.copy()), Variable(b_data.copy())
         inputs = (f"z = add(mul(a, b), mul(a, a))、z.grad = gy で z.backward()。shape={shape}、"
                   f"{np.dtype(dtype).name}（a の先頭: {_head(a_data)}、b の先頭: {_head(b_data)}）")
-        y = ex(a, b)
+        with ex.context(inputs=inputs, hint=MUL_RAISE_HINT):
+            y = ex(a, b)
         if not (isinstance(y, Variable) and isinstance(Mul, type) and isinstance(y.creator, Mul)):
             ex.fail("mul(x0, x1) は、Mul で計算した Variable を返してください。", inputs=inputs,
                     expected="creator が Mul の Variable", actual=y,
                     hint="`return Mul()(x0, x1)` と書きます。np の掛け算で済ませると、計算グラフが記録されません。")
         ex.check_close(y.data, a_data * b_data, **_tol(dtype), inputs=inputs, hint="mul(a, b) は a * b です。")
-        z = add(y, ex(a, a))
-        z.grad = gz.copy()
-        ex.run(z.backward)
+        with ex.context(inputs=inputs, hint=MUL_RAISE_HINT):
+            z = add(y, ex(a, a))
+            z.grad = gz.copy()
+            ex.run(z.backward)
         for var, name, ref, hint in [
             (a, "a", gz * (b_data + 2 * a_data),
              "dz/da = b + 2a です。mul(a, a) のように同じ変数を 2 回使っても、backward が 2 つの勾配を返せば"

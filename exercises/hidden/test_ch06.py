@@ -264,6 +264,32 @@ def test_ex6_4_maximum_broadcast_gradients(exercise, rng):
                            hint="mask は gy と同じ dtype にします（.astype(gy.dtype)）。" + F32_HINT)
 
 
+TIE_HINT = ("x0 と x1 が同じ値のところでは、勾配はすべて x0 に流します（mask = x0 >= x1。x0 > x1 では同じ値のときに"
+            "x1 に流れ、半分ずつ分けると合計は合っても x0 の勾配が足りません）。")
+
+
+def test_ex6_4_maximum_ties_go_to_x0(exercise, rng):
+    ex = exercise("6-4", "maximum")
+    for s0, s1 in [((2, 3), (3,)), ((3, 2), (3, 2)), ((2, 3), ())]:
+        b = rng.integers(-3, 4, size=s1).astype(np.float32)
+        a = rng.integers(-3, 4, size=s0).astype(np.float32)
+        a = np.where(rng.random(s0) < 0.5, np.broadcast_to(b, s0), a).astype(np.float32)  # 半分くらいを同じ値に
+        a.reshape(-1)[0] = np.broadcast_to(b, s0).reshape(-1)[0]  # 必ず 1 か所は同じ値
+        gy = rng.uniform(0.5, 2.0, size=np.broadcast_shapes(s0, s1)).astype(np.float32)
+        inputs = (f"x0={a.tolist()}、x1={b.tolist()}（float32、同じ値の場所があります）、"
+                  f"gy={np.round(gy.astype(np.float64), 3).tolist()}")
+        x0, x1 = Variable(a.copy()), Variable(b.copy())
+        with ex.context(inputs=inputs, hint=TIE_HINT):
+            y = _variable(ex, ex(x0, x1), inputs, "maximum(x0, x1)")
+            _backward(ex, y, gy, inputs)
+        a_b, b_b = np.broadcast_arrays(a, b)
+        mask = (a_b >= b_b).astype(np.float32)
+        for v, expected, name in [(x0, _sum_to(gy * mask, s0), "x0"), (x1, _sum_to(gy * (1 - mask), s1), "x1")]:
+            g = _grad_of(ex, v, inputs, name)
+            ex.check_close(g.data, expected, rtol=1e-5, atol=1e-5, inputs=f"{inputs}、{name}.grad を確認",
+                           hint=TIE_HINT)
+
+
 def test_ex6_4_maximum_with_python_number_and_gradient_check(exercise, rng):
     ex = exercise("6-4", "maximum")
     a = rng.uniform(-2, 2, size=(2, 3)).astype(np.float32)

@@ -129,6 +129,12 @@ def _check_newton(ex, f, df, d2f, x0, steps, inputs):
     except Exception:
         ex.fail("x の履歴を、Python の数値のリストで返してください。", inputs=inputs, expected="[x0, x1, ...]",
                 actual=got, hint="毎回 float(x.data) をリストに追加します（Variable や配列そのものを入れない）。")
+    arrays = [v for v in got if isinstance(v, (np.ndarray, Variable)) or not isinstance(v, (int, float))]
+    if arrays:
+        ex.fail(f"履歴には Python の数値（float）を入れてください（{type(arrays[0]).__name__} が入っています）。",
+                inputs=inputs, expected="[x0, x1, ...]（float のリスト）", actual=arrays[0],
+                hint="毎回 float(x.data) をリストに追加します。x.data（0 次元配列）のまま入れると、履歴が配列の"
+                     "リストになり、x.data をその場で書き換えたときには履歴の値まで変わってしまいます。")
     expected = np.array(_newton_reference(df, d2f, x0, steps))
     if len(history) != len(expected):
         hint = ("出発点 x0 もリストの最初に入れます。" if len(history) == steps
@@ -186,6 +192,38 @@ def _check_penalty(ex, f, x, fprime, expected, inputs, rtol, atol, check_dtype):
     if check_dtype:
         ex.check_close(got, expected, rtol=rtol, atol=atol, check_dtype=True, inputs=inputs,
                        hint="float32 の x には float32 を返します。出発点の勾配は np.ones_like(...) で作ります。")
+
+
+DOUBLE_BACKPROP_HINT = ("dp/dx = 2 f'(x) f''(x) の式を使わずに、逆伝播で求めます: y.backward(create_graph=True) で"
+                       "gx = x.grad（グラフ付きの Variable）を求め、x.cleargrad() してから p = gx ** 2 を作り、"
+                       "p を逆伝播（p.grad をすべて 1 にして p.backward()）した x.grad.data を返します。")
+
+
+def test_ex7_3_backpropagates_the_squared_gradient(exercise, rng):
+    import mini_dl
+    import mini_dl.core
+    ex = exercise("7-3", "gradient_penalty")
+    x = rng.uniform(-1.5, 1.5, size=int(rng.integers(3, 7)))
+    c = float(np.round(rng.uniform(0.5, 1.5), 3))
+    fprime = 3 * c * x ** 2
+    inputs = f"f(v) = {c} * v ** 3, x = {np.round(x, 3).tolist()}（float64）"
+    # 逆伝播を始めた変数（backward を呼んだ出力）を記録します
+    with ex.spy(mini_dl.core, "backward") as calls, ex.spy(mini_dl, "backward") as direct:
+        _run(ex, HINT_CREATE_GRAPH, ex.obj, lambda v: c * v ** 3, x.copy())
+    started = []
+    for args, kwargs in calls + direct:
+        outputs = args[0] if args else kwargs.get("outputs")
+        for out in (outputs if isinstance(outputs, (list, tuple)) else [outputs]):
+            data = getattr(out, "data", None)
+            if data is not None:
+                started.append(np.asarray(data, dtype=np.float64))
+    square = fprime ** 2
+    if not any((d.shape == square.shape and np.allclose(d, square, rtol=1e-8))
+               or (d.size == 1 and np.allclose(d.reshape(()), square.sum(), rtol=1e-8)) for d in started):
+        ex.fail("(df/dx)^2 を逆伝播していません（2 f' f'' の式で計算していませんか）。", inputs=inputs,
+                expected="(df/dx)^2（p = gx ** 2）から始めた逆伝播",
+                actual=f"逆伝播を始めた変数の値: {[np.round(d, 4).tolist() for d in started]}",
+                hint=DOUBLE_BACKPROP_HINT)
 
 
 def test_ex7_3_cubic_float32(exercise, rng):

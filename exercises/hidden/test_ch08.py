@@ -43,6 +43,8 @@ def _check_close(ex, actual, expected, *, rtol=1e-5, atol=1e-6, inputs=None, hin
         numeric = False
     if not numeric:
         ex.fail("数値の配列を返してください。", inputs=inputs, expected=_describe(expected), actual=actual, hint=hint)
+    if not check_dtype and got.dtype == np.float32 and expected.dtype == np.float64:
+        expected = expected.astype(np.float32)  # float32 の答えには、期待値も float32 で見せて比べます
     if got.shape != expected.shape:
         ex.fail(f"shape が違います（期待 {expected.shape}、実際 {got.shape}）。", inputs=inputs,
                 expected=_describe(expected), actual=_describe(got), hint=hint)
@@ -142,6 +144,60 @@ def test_ex8_1_flatten_gradient_check(exercise, rng):
     x = rng.standard_normal(shape)
     _check_gradient(ex, lambda v: ex.obj(v) ** 2, x, inputs=f"gradient_check(lambda x: flatten(x) ** 2, x)、x の shape {shape}",
                     hint=FLATTEN_BACK_HINT)
+
+
+def _check_second_order(ex, make, x, inputs, hint):
+    """``y = sum(make(x) ** 3)`` の 2 階微分を create_graph=True で求め、backward が Variable で
+    計算していること（配列を返すと計算グラフが途切れて 2 階微分が求まらないこと）を確かめます。"""
+    import mini_dl.functions as F
+    xv = Variable(x.copy())
+    with ex.context(inputs=inputs, hint=hint):
+        y = F.sum(ex.run(make, xv) ** 3)
+        ex.run(y.backward, create_graph=True)
+    gx = _grad_of(ex, xv, inputs)
+    if not isinstance(gx, Variable) or gx.creator is None:
+        ex.fail("create_graph=True で逆伝播しても、勾配に計算グラフが付いていません（2 階微分が求まりません）。",
+                inputs=inputs, show_values=False, hint=hint)
+    xv.cleargrad()
+    with ex.context(inputs=inputs, hint=hint):
+        ex.run(F.sum(gx).backward)
+    if xv.grad is None:
+        ex.fail("2 階微分が求まりません（勾配の計算グラフが x まで届いていません）。", inputs=inputs,
+                show_values=False, hint=hint)
+    _check_close(ex, xv.grad.data, 6 * x, rtol=1e-7, atol=1e-9, inputs=f"{inputs}、2 階微分 d/dx Σ(3 x^2) = 6x を確認",
+                 hint=hint)
+
+
+def _check_backward_returns_variable(ex, cls_args, x, inputs, hint):
+    """backward を Variable の gy で直接呼び、Variable が返ること（配列でないこと）を確かめます。"""
+    cls, args = cls_args
+    f = ex.run(cls, *args)
+    y = ex.run(f, Variable(x.copy()))
+    gy = Variable(np.ones(np.asarray(y.data).shape, dtype=x.dtype))
+    with ex.context(inputs=inputs, hint=hint):
+        gx = ex.run(f.backward, gy)
+    if isinstance(gx, (list, tuple)) and len(gx) == 1:
+        gx = gx[0]
+    if not isinstance(gx, Variable):
+        ex.fail(f"backward は Variable を返してください（{type(gx).__name__} が返りました）。", inputs=inputs,
+                expected="Variable", actual=_describe(gx) if isinstance(gx, np.ndarray) else gx, hint=hint)
+
+
+BACKWARD_VARIABLE_HINT = ("backward の gy は Variable です。gy.data を取り出して NumPy で計算すると、勾配の計算グラフが"
+                          "途切れ、create_graph=True の 2 階微分が求まりません。F.reshape や自分の Function など、"
+                          "Variable の演算で計算して Variable を返します。")
+
+
+def test_ex8_1_flatten_backward_is_differentiable(exercise, rng):
+    ex = exercise("8-1", "flatten")
+    cls = exercise("8-1", "Flatten").check_subclass(Function, "mini_dl の Function")
+    shape = _random_shape(rng, 2, 4, 2, 4)
+    x = rng.standard_normal(shape)
+    inputs = f"flatten(Variable(x))、x は shape {shape} の float64"
+    _check_backward_returns_variable(ex, (cls, ()), x, inputs + "、Flatten().backward(Variable(gy)) を直接呼びました",
+                                     BACKWARD_VARIABLE_HINT)
+    _check_second_order(ex, ex.obj, x, f"y = sum(flatten(x) ** 3) の 2 階微分、x は shape {shape}",
+                        BACKWARD_VARIABLE_HINT)
 
 
 # ---------------------------------------------------------------- 練習 8-2: mean
@@ -265,6 +321,18 @@ def test_ex8_3_swapaxes_gradient_check_and_function(exercise, rng):
     _check_close(ex, y.data, x32.T, check_dtype=True, inputs=inputs, hint="swapaxes は Swapaxes(axis1, axis2)(x) を返します。")
 
 
+def test_ex8_3_swapaxes_backward_is_differentiable(exercise, rng):
+    ex = exercise("8-3", "Swapaxes")
+    cls = ex.check_subclass(Function, "mini_dl の Function")
+    shape, a1, a2 = (2, 3, 4), 0, -1
+    x = rng.standard_normal(shape)
+    hint = BACKWARD_VARIABLE_HINT.replace("F.reshape", "Swapaxes(self.axis1, self.axis2)(gy)")
+    _check_backward_returns_variable(ex, (cls, (a1, a2)), x,
+                                     f"Swapaxes({a1}, {a2})、x は shape {shape}、backward(Variable(gy)) を直接呼びました", hint)
+    _check_second_order(ex, lambda v: cls(a1, a2)(v), x,
+                        f"y = sum(Swapaxes({a1}, {a2})(x) ** 3) の 2 階微分、x は shape {shape}", hint)
+
+
 # ---------------------------------------------------------------- 練習 8-4: EmbedID
 
 EMBED_ADD_HINT = ("同じ番号が何回も出てくると、gW[ids] += gy は 1 回分しか足しません（本文 8.6 節）。"
@@ -305,6 +373,28 @@ def test_ex8_4_embed_forward_and_repeated_ids(exercise, rng):
         _check_close(ex, g.data, expected, rtol=1e-5, atol=1e-6, inputs=f"{inputs}、W.grad を確認", hint=hint)
         _check_close(ex, g.data, expected, rtol=1e-5, atol=1e-6, check_dtype=True, inputs=f"{inputs}、W.grad を確認",
                        hint="勾配の配列は gy.dtype（float32）で作ります: np.zeros(W.shape, dtype=gy.dtype)。")
+
+
+def test_ex8_4_embed_does_not_delegate_to_the_library(exercise, rng):
+    import mini_dl.functions.tensor as T
+    ex = exercise("8-4", "EmbedID")
+    cls = ex.check_subclass(Function, "mini_dl の Function")
+    vocab, dim = 4, 3
+    W = rng.standard_normal((vocab, dim)).astype(np.float32)
+    ids = _ids_with_repeats(rng, vocab, (5,))
+    inputs = f"EmbedID(ids)(Variable(W))、W は shape {(vocab, dim)} の float32、ids={ids.tolist()}"
+    with ex.spy(T.GetItem, "forward") as get, ex.spy(T.GetItemGrad, "forward") as grad:
+        Wv = Variable(W.copy())
+        with ex.context(inputs=inputs):
+            y = _variable(ex, ex.run(ex.run(cls, ids), Wv), inputs, "EmbedID(ids)(W)")
+            y.grad = Variable(np.ones(np.asarray(y.data).shape, dtype=np.float32))
+            ex.run(y.backward)
+    if get or grad:
+        used = "F.get_item（添字 W[...] を含む）" if get else "ライブラリの GetItemGrad"
+        ex.fail(f"{used} に計算を任せています。この練習では、勾配を足し込む処理を自分で書きます。", inputs=inputs,
+                show_values=False,
+                hint="forward は配列の W[self.ids]、backward は xp.zeros(W.shape, dtype=gy.dtype) の配列に "
+                     "xp.add.at(gW, self.ids, gy.data) で足し込み、Variable にして返します。")
 
 
 def test_ex8_4_embed_gradient_check(exercise, rng):
@@ -363,6 +453,24 @@ def test_ex8_5_logsumexp_large_values_are_stable(exercise, rng):
         expected = _lse_ref(x, 1)
         hint = pick_hint(y.data, {"最大値 m を足し戻すのを忘れていませんか: log Σ exp(x) = m + log Σ exp(x - m)。":
                                    expected - x.astype(np.float64).max(axis=1)}, LSE_STABLE_HINT)
+        _check_close(ex, y.data, expected, rtol=1e-5, atol=1e-3, inputs=inputs, hint=hint)
+
+
+def test_ex8_5_logsumexp_rows_far_below_the_global_maximum(exercise, rng):
+    ex = exercise("8-5", "logsumexp")
+    hint = ("最大値 m は、軸ごとに F.max(x, axis=axis, keepdims=True) で求めます。全体の最大値を 1 つだけ引くと、"
+            "最大値よりずっと小さい行（列）では exp(x - m) がすべて 0 になり、log(0) = -inf になります。")
+    for axis in (1, 0, -1):
+        offsets = np.array([0.0, -300.0, 200.0])  # 行（axis=0 なら列）ごとに大きさがまったく違う
+        if axis == 0:
+            x = (rng.standard_normal((4, 3)) + offsets[None, :]).astype(np.float32)
+        else:
+            x = (rng.standard_normal((3, 4)) + offsets[:, None]).astype(np.float32)
+        inputs = (f"logsumexp(Variable(x), axis={axis})、x は shape {x.shape} の float32。"
+                  f"{'行' if axis != 0 else '列'}ごとの大きさが 0・-300・+200 前後とまったく違います")
+        with np.errstate(all="ignore"):
+            y = _variable(ex, _run(ex, hint, ex.obj, Variable(x.copy()), axis=axis), inputs, "logsumexp(x)")
+        expected = _lse_ref(x, axis)
         _check_close(ex, y.data, expected, rtol=1e-5, atol=1e-3, inputs=inputs, hint=hint)
 
 

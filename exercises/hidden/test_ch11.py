@@ -581,6 +581,21 @@ def test_ex11_5_top_k_accuracy(exercise, rng):
         ex.check_close(got, _topk_ref(y, t, k), rtol=1e-6, atol=1e-9, inputs=inputs, hint=hint)
 
 
+def test_ex11_5_top_k_accuracy_has_no_loop_over_the_data(exercise, rng):
+    ex = exercise("11-5", "top_k_accuracy")
+    N, C, k = 2000, 5, 2
+    y = rng.permutation(N * C).reshape(N, C).astype(np.float32)
+    t = rng.integers(0, C, size=N)
+    inputs = f"y: shape {y.shape}、t: shape {t.shape}、k={k}"
+    got, lines = ex.traced(ex.obj, y.copy(), t.copy(), k)
+    if lines > N // 2:
+        ex.fail(f"データについての Python のループがあるようです（N={N} で、関数の中の行が {lines} 回実行されました）。",
+                inputs=inputs, show_values=False,
+                hint="for 文や内包表記で 1 データずつ調べず、配列全体で計算します: 上位 k 個のクラス top（shape (N, k)）を "
+                     "np.argsort か np.argpartition で求め、(top == t.reshape(-1, 1)).any(axis=1) の平均を取ります。")
+    ex.check_close(got, _topk_ref(y, t, k), rtol=1e-6, atol=1e-9, inputs=inputs)
+
+
 def test_ex11_5_top_k_accuracy_edges_and_variable(exercise, rng):
     ex = exercise("11-5", "top_k_accuracy")
     N, C = int(rng.integers(5, 20)), int(rng.integers(3, 8))
