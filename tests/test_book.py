@@ -304,18 +304,11 @@ def test_readme_reading_instructions_match_the_built_book(html):
 
 # ---- ウィジェットの静止画と、セルの 3 種類のラベル ----
 
-# ウィジェットの横の静止画がまだ無い章（担当の作業が終われば、この集合から外します）
-WIDGETS_WITHOUT_STATIC_PICTURE_YET = {"ch05_memory_modes", "ch09_mlp", "ch10_optimizers"}
-
-
 def _has_png(cell):
     return cell["cell_type"] == "code" and any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=p.stem, marks=pytest.mark.xfail(reason="静止画はまだありません", strict=False))
-    if p.stem in WIDGETS_WITHOUT_STATIC_PICTURE_YET else pytest.param(p, id=p.stem)
-    for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_widget_has_a_static_picture(path):
     """``interact(`` を呼ぶセルのあと 2 つ以内に、同じ関数を直接呼んだ静止画（image/png）のセルがあります。
 
