@@ -24,17 +24,21 @@ def repo_url():
     return m.group(1)
 
 
-def toc_notebooks():
-    """``_toc.yml`` に載っているノートブックのパスを順に返します（md のページは除きます）。"""
+def toc_pages():
+    """``_toc.yml`` に載っているページ（ノートブックと .md）のパスを順に返します。"""
     toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
-    paths = []
+    pages = []
     for name in re.findall(r"(?:file|root):\s*([^\s#]+)", toc):
         p = ROOT / name
         if not p.suffix:
             p = p.with_suffix(".ipynb") if p.with_suffix(".ipynb").exists() else p.with_suffix(".md")
-        if p.suffix == ".ipynb":
-            paths.append(p)
-    return paths
+        pages.append(p)
+    return pages
+
+
+def toc_notebooks():
+    """``_toc.yml`` に載っているノートブックのパスを順に返します（md のページは除きます）。"""
+    return [p for p in toc_pages() if p.suffix == ".ipynb"]
 
 
 def exercise_notebooks(folder="exercises"):

@@ -46,22 +46,13 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from booktools import toc_pages  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # インラインコード（バッククォートの数をそろえて閉じる）か、$...$ の数式
 _INLINE = re.compile(r"(`+)(?:.|\n)*?(?<!`)\1(?!`)|\$(?:\\.|[^$\\\n])+\$")
-
-
-def toc_pages():
-    """``_toc.yml`` に載っているページ（ノートブックと .md）を順に返します。"""
-    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
-    pages = []
-    for name in re.findall(r"(?:file|root):\s*([^\s#]+)", toc):
-        p = ROOT / name
-        if not p.suffix:
-            p = p.with_suffix(".ipynb") if p.with_suffix(".ipynb").exists() else p.with_suffix(".md")
-        pages.append(p)
-    return pages
 
 
 def mask_math(text):
