@@ -189,3 +189,20 @@ def test_subpackage_init_only_reexports(subpackage):
             continue
         other.append(f"{node.lineno} 行目: {ast.dump(node)[:60]}")
     assert not other, f"mini_dl/{subpackage}/__init__.py には import・__all__・docstring だけを書きます:\n  " + "\n  ".join(other)
+
+
+def test_every_subpackage_is_installed_by_pip():
+    """``pip install``（Colab の先頭のセルも）で入るパッケージに、``mini_dl`` のサブパッケージがすべて含まれます。
+
+    ``pyproject.toml`` の ``[tool.setuptools.packages.find]`` の ``include`` を、setuptools と同じ規則で当てはめます。
+    editable でないインストールでは、ここから漏れたサブパッケージは黙って無くなります。
+    """
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 から
+    setuptools = pytest.importorskip("setuptools")
+
+    root = PACKAGE.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = set(setuptools.find_packages(where=str(root), include=include))
+    expected = {".".join(p.parent.relative_to(root).parts) for p in (root / "mini_dl").rglob("__init__.py")}
+    assert expected <= found, f"pip install で入らないサブパッケージがあります: {sorted(expected - found)}"
