@@ -66,7 +66,8 @@ def _reference(name, lr, **kw):
     return np.array(out)
 
 
-@pytest.mark.parametrize("name, make, kw", [
+# (名前, 作り方, 手計算の _reference に渡す引数): 手計算との比較と、共有された勾配のテストで使います
+OPTIMIZERS = [
     ("SGD", lambda: optimizers.SGD(lr=0.1), {}),
     ("MomentumSGD", lambda: optimizers.MomentumSGD(lr=0.1, momentum=0.9), {"momentum": 0.9}),
     ("Nesterov", lambda: optimizers.MomentumSGD(lr=0.1, momentum=0.9, nesterov=True), {"momentum": 0.9}),
@@ -74,7 +75,10 @@ def _reference(name, lr, **kw):
     ("RMSprop", lambda: optimizers.RMSprop(lr=0.1, alpha=0.9), {"alpha": 0.9}),
     ("Adam", lambda: optimizers.Adam(lr=0.1), {}),
     ("AdamW", lambda: optimizers.AdamW(lr=0.1, weight_decay=0.5), {"weight_decay": 0.5}),
-])
+]
+
+
+@pytest.mark.parametrize("name, make, kw", OPTIMIZERS)
 def test_updates_match_hand_computed_formulas(name, make, kw):
     np.testing.assert_allclose(_run(make(), GRADS), _reference(name, 0.1, **kw), rtol=1e-5, atol=1e-6)
 
@@ -249,17 +253,6 @@ HOOKS = {
     "WeightDecay": lambda: optimizers.WeightDecay(0.1),
     "ClipGrad": lambda: optimizers.ClipGrad(0.5),  # 共有された勾配のノルム（2 回数える）は 0.5 を超える
 }
-
-OPTIMIZERS = [
-    ("SGD", lambda: optimizers.SGD(lr=0.1), {}),
-    ("MomentumSGD", lambda: optimizers.MomentumSGD(lr=0.1, momentum=0.9), {"momentum": 0.9}),
-    ("Nesterov", lambda: optimizers.MomentumSGD(lr=0.1, momentum=0.9, nesterov=True), {"momentum": 0.9}),
-    ("AdaGrad", lambda: optimizers.AdaGrad(lr=0.1), {}),
-    ("RMSprop", lambda: optimizers.RMSprop(lr=0.1, alpha=0.9), {"alpha": 0.9}),
-    ("Adam", lambda: optimizers.Adam(lr=0.1), {}),
-    ("AdamW", lambda: optimizers.AdamW(lr=0.1, weight_decay=0.5), {"weight_decay": 0.5}),
-]
-
 
 def _hooked_grads64(hook, ws, g):
     """フックを通したあとの、パラメータごとの勾配（float64 で手計算）。``g`` は共有された 1 つの勾配。"""
