@@ -87,10 +87,15 @@ class Optimizer:
 
 
 def _zeros_like(state, key, param):
-    """``state[key]`` がなければ、``param`` と同じ shape・dtype・配列モジュールの 0 で作って返します。"""
+    """``state[key]`` がなければ、``param`` と同じ shape・dtype・配列モジュールの 0 で作って返します。
+
+    学習の途中で ``model.to_gpu()``（``to_cpu()``）したときは、CPU で作った状態もパラメータについて移します。
+    """
+    xp = cuda.get_array_module(param.data)
     if key not in state:
-        xp = cuda.get_array_module(param.data)
         state[key] = xp.zeros_like(param.data)
+    elif cuda.get_array_module(state[key]) is not xp:
+        state[key] = cuda.as_cupy(state[key]) if xp is cuda.cupy else cuda.as_numpy(state[key])
     return state[key]
 
 

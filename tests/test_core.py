@@ -393,7 +393,7 @@ def test_backward_seed_takes_the_dtype_of_the_output(xp, seed):
         seed = xp.asarray(seed)
     elif isinstance(seed, Variable):
         seed = Variable(xp.asarray(seed.data))
-    if np.ndim(getattr(seed, "data", seed)) == 0:
+    if (seed.data if isinstance(seed, Variable) else xp.asarray(seed)).ndim == 0:  # CuPy の配列にも .data がある
         y = y.sum()  # 数の seed は要素 1 個の出力に
     mini_dl.backward([y], [seed], retain_grad=True)
     assert y.grad.dtype == np.float32 and x.grad.dtype == np.float32

@@ -182,7 +182,7 @@ def test_second_order(name):
         gradient_check(_grad_wrt(f, i, name), *inputs, **kw)
 
 
-@pytest.mark.parametrize("xp", ["cupy"], indirect=True)  # NumPy は上の 2 つのテストで確かめています
+@pytest.mark.parametrize("xp", ["strict", "cupy"], indirect=True)  # NumPy は上の 2 つのテストで確かめています
 @pytest.mark.parametrize("name", _entries(second=True))
 def test_first_and_second_order_on_the_device(xp, name):
     # gradient_check は CuPy の配列でも動く: 逆伝播も数値微分も GPU の上で計算する

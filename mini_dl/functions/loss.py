@@ -106,7 +106,7 @@ def softmax_cross_entropy_simple(x, t):
     p = softmax(x, axis=1)
     p = clip(p, 1e-15, 1.0)  # log(0) を避ける
     log_p = log(p)
-    picked = log_p[xp.arange(N), t.data if hasattr(t, "data") else t]  # 添字も x と同じ装置の配列
+    picked = log_p[xp.arange(N), t.data if isinstance(t, Variable) else t]  # 添字も x と同じ装置の配列（CuPy の配列にも .data がある）
     return -sum(picked) / N
 
 
