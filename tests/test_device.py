@@ -190,3 +190,67 @@ def test_gradient_check_runs_on_the_device(sc):
     x = sc.asarray(np.random.default_rng(0).standard_normal((3, 4)))
     mini_dl.gradient_check(lambda v: F.sum(F.tanh(v) * v), x)
     mini_dl.gradient_check(lambda v: F.softmax_cross_entropy(v, sc.asarray(np.array([0, 3, 1]))), x)
+
+
+def test_layers_initialise_lazily_on_the_device_and_match_numpy(sc):
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    results = []
+    for to_device in (True, False):
+        model = Sequential(L.Linear(7, seed=0), L.BatchNorm(), F.tanh, L.Linear(3, nobias=True, seed=1))
+        xin = cuda.as_cupy(x) if to_device else x
+        y = model(xin)
+        F.sum(y * y).backward()
+        expected = sc if to_device else np
+        assert all(cuda.get_array_module(p.data) is expected for p in model.params())
+        assert all(cuda.get_array_module(b) is expected for b in (model.layers[1].running_mean,))
+        results.append([cuda.as_numpy(y.data)] + [cuda.as_numpy(p.grad.data) for p in model.params()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_higher_order_derivatives_on_the_device(sc):
+    x = Variable(cuda.as_cupy(np.array([0.5, -1.0, 2.0], dtype=np.float32)))
+    y = F.sum(F.tanh(x) * x ** 3)
+    y.backward(create_graph=True)
+    for _ in range(3):  # 4 階まで
+        gx = x.grad
+        x.cleargrad()
+        F.sum(gx).backward(create_graph=True)
+    assert cuda.get_array_module(x.grad) is sc and x.grad.dtype == np.float32
+    xh = Variable(np.array([0.5, -1.0, 2.0], dtype=np.float32))
+    yh = F.sum(F.tanh(xh) * xh ** 3)
+    yh.backward(create_graph=True)
+    for _ in range(3):
+        gx = xh.grad
+        xh.cleargrad()
+        F.sum(gx).backward(create_graph=True)
+    np.testing.assert_array_equal(cuda.as_numpy(x.grad.data), xh.grad.data)
+
+
+def test_resuming_from_a_checkpoint_on_the_device_continues_the_same_run(sc, tmp_path):
+    x = cuda.as_cupy(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32))
+    t = cuda.as_cupy(np.array([0, 1, 2, 0, 1, 2, 0, 1]))
+
+    def step(model, opt):
+        loss = F.softmax_cross_entropy(model(x), t)
+        model.cleargrads()
+        loss.backward()
+        opt.update()
+        return cuda.as_numpy(loss.data)
+
+    model = MLP((8, 3), seed=0)
+    model(x)
+    model.to_gpu()
+    opt = optimizers.Adam(lr=0.05).setup(model)
+    for _ in range(3):
+        step(model, opt)
+    model.save_weights(tmp_path / "ckpt.npz", optimizer=opt)
+    rest = [step(model, opt) for _ in range(3)]
+
+    again = MLP((8, 3), seed=5)
+    again(x)
+    again.to_gpu()
+    opt2 = optimizers.Adam(lr=0.05).setup(again)
+    again.load_weights(tmp_path / "ckpt.npz", optimizer=opt2)
+    assert all(cuda.get_array_module(v) is sc for s in opt2.state.values() for v in s.values())
+    np.testing.assert_array_equal([step(again, opt2) for _ in range(3)], rest)

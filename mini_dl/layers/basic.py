@@ -47,6 +47,8 @@ class Linear(Layer):
     def _init_W(self, xp):
         W = self.initializer((self.in_size, self.out_size), self.rng, self.dtype)
         self.W.data = W if xp is np else xp.asarray(W)
+        if xp is not np and self.b is not None:  # 最初の入力が GPU の上なら、CPU で作ったバイアスも GPU へ
+            self.b.data = xp.asarray(self.b.data)
 
     def forward(self, x):
         if self.W.data is None:  # 最初の入力から D を決めて、W を作る
