@@ -7,7 +7,8 @@ GPU の無いマシンでも、mini_dl が「ホスト（NumPy）の配列とデ
 - NumPy の配列への暗黙の変換（``np.asarray(x)``・``np.array(x)``。明示的な ``x.get()`` と
   ``asnumpy(x)`` は使えます）
 - ``numpy.ndarray`` との混ぜ合わせ（``x + np_array``・``np.add(x, np_array)``・``xp.where(m, x, np_array)``）
-- ホストの配列（``numpy.ndarray``）を添字にすること、ホストの配列を代入すること
+- ホストの配列（``numpy.ndarray``）を添字にすること、ホストの配列を代入すること（CuPy は黙って GPU に写すので
+  動きますが、隠れた転送になるので、ここでは CuPy より厳しく拒みます）
 - ``np.sum(x)`` のような NumPy の関数への受け渡し（CuPy では動くこともありますが、mini_dl は
   ``xp = get_array_module(x)`` で配列モジュールを選ぶ決まりなので、ここでは拒みます）
 
