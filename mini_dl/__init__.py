@@ -1,5 +1,5 @@
 """mini_dl: 本書で一歩ずつ作る、小さくて速いディープラーニングフレームワーク。"""
-from mini_dl import cuda, datasets, functions, initializers, layers, models, optimizers, serialization, utils
+from mini_dl import amp, cuda, datasets, functions, initializers, kernels, layers, models, optimizers, serialization, utils
 from mini_dl.core import Config, Function, Parameter, Variable, as_array, as_variable, backward, no_grad, using_config
 from mini_dl.functions import add, cos, div, exp, log, matmul, mul, neg, pow, setup_variable, sin, square, sub, tanh
 from mini_dl.datasets import DataLoader
@@ -16,6 +16,7 @@ __all__ = [
     "Parameter",
     "Variable",
     "add",
+    "amp",
     "as_array",
     "as_variable",
     "backward",
@@ -27,6 +28,7 @@ __all__ = [
     "functions",
     "gradient_check",
     "initializers",
+    "kernels",
     "layers",
     "log",
     "matmul",
