@@ -1,0 +1,36 @@
+"""ベンチマークのスクリプトが壊れていないことのテスト（速さそのものは測りません）。
+
+``benchmarks/gpu.py`` は GPU のあるマシンでしか意味のある数字を出しませんが、``--dry-run`` なら CuPy の代役と
+CUDA シミュレータで、同じ手順を小さな大きさで最後まで通せます。
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mini_dl import cuda
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_runs_end_to_end_in_dry_run(tmp_path):
+    out = tmp_path / "r.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert "dry-run" in r["device"]["name"]
+    assert r["mlp_step"]["cpu_seconds"] > 0 and r["mlp_step"]["gpu_seconds"] > 0
+    for m in r["matmul"]:
+        assert m["max_abs_error"] < 1e-4, m  # タイル GEMM の結果は NumPy と同じ
+        assert {"tiled", "naive", "library"} <= m.keys()
+    assert {"bias_relu", "adam"} <= r["fusion"].keys()
+
+
+@pytest.mark.skipif(cuda.is_available(), reason="GPU のあるマシンでは本当に測ってしまう")
+def test_gpu_benchmark_without_a_gpu_says_so():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "GPU が見つかりません" in done.stderr
