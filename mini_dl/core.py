@@ -231,7 +231,7 @@ class Function:
 
     def __call__(self, *inputs):
         variables, xs, generation = [], [], 0
-        for x in inputs:  # 入力を Variable に揃え、中身の配列を集めながら、いちばん大きな世代も求める
+        for x in inputs:  # 入力を Variable にそろえ、中身の配列を集めながら、いちばん大きな世代も求める
             if not isinstance(x, Variable):
                 x = _as_input(self, x)
             variables.append(x)
@@ -273,7 +273,7 @@ class Function:
 
 
 def _as_input(func, x):
-    """``Function`` の入力を ``Variable`` に揃えます。変換できない型なら、関数名と型を挙げて知らせます。"""
+    """``Function`` の入力を ``Variable`` にそろえます。変換できない型なら、関数名と型を挙げて知らせます。"""
     if isinstance(x, Variable):
         return x
     if isinstance(x, (*cuda.array_types, np.generic, int, float)) and not isinstance(x, bool):
@@ -289,7 +289,7 @@ def as_array(x):
 
     NumPy では 0 次元配列どうしの計算結果が ``numpy.float32`` のような
     スカラーになることがあります。``Variable`` は配列だけを入れる箱なので、
-    ``Function`` の出力をこの関数で配列に揃えます。dtype は変わりません。
+    ``Function`` の出力をこの関数で配列にそろえます。dtype は変わりません。
 
     Args:
         x: 配列かスカラー。

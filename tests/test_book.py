@@ -323,9 +323,8 @@ def test_every_widget_has_a_static_picture(path):
 
 SAME_AS_PACKAGE = re.compile(r"^# (mini_dl/[\w/]+\.py(?:・mini_dl/[\w/]+\.py)*) と同じ（完成形）$")
 DRAFT_LABEL = re.compile(r"^# 下書き（(draft|この章の完成形)）: \S")
-# セルの 3 種類のラベル（下書き・この章の完成形・パッケージと同じ）を付け終えた章
-LABELLED_CHAPTERS = {"ch03_variable_function", "ch06_natural_code", "ch07_higher_order", "ch08_tensors",
-                     "ch11_classification"}
+# セルの 3 種類のラベル（下書き・この章の完成形・パッケージと同じ）・ウィジェットの説明・図の補助関数の畳み方は、
+# 本のすべての章（NOTEBOOKS）で確かめます
 
 
 def _code_cells_with_definitions(path):
@@ -374,8 +373,7 @@ def test_cell_labels_are_one_of_three_kinds_and_true(path):
                 f"{path.name} のセル {i}: {name} が {m.group(1)} の定義と一字一句同じではありません")
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS],
-                         ids=[p.stem for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_every_package_definition_cell_carries_a_label(path):
     """パッケージと同じ名前を定義するセルは、3 種類のどれかのラベルで始まります。
     「この章の完成形」のセルは、直前の説明の文にも「この章の完成形」と書きます。"""
@@ -397,8 +395,7 @@ def test_every_package_definition_cell_carries_a_label(path):
 WIDGET_NOTE = "（ウィジェットは Jupyter か Colab で動かせます。HTML の本では、下の 1 枚目の図がウィジェットと同じ設定の結果です。）"
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS],
-                         ids=[p.stem for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_widget_note_is_the_same_everywhere(path):
     """ウィジェットの直前の説明は、どの章でも同じ言い方で、HTML の本では静止画を見ることを伝えます。"""
     cells = booktools.read_nb(path)["cells"]
@@ -408,8 +405,7 @@ def test_widget_note_is_the_same_everywhere(path):
             assert WIDGET_NOTE in prose, f"{path.name} のセル {i}: ウィジェットの前の説明に「{WIDGET_NOTE}」がありません"
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS],
-                         ids=[p.stem for p in NOTEBOOKS if p.stem in LABELLED_CHAPTERS])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_drawing_helpers_are_folded(path):
     """図のためだけの補助関数（``draw_…``）を定義するセルは、タグ ``hide-input`` で畳みます（ウィジェットのセルは除く）。"""
     import ast

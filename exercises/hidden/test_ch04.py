@@ -346,7 +346,7 @@ def _check_order(ex, Function, order, y, variables, inputs):
         if not isinstance(f, Function):
             ex.fail(f"リストの {i + 1} 番目が Function ではありません。", inputs=inputs, expected=f"例: {expected}",
                     actual=order,
-                    hint="入れるのは変数ではなく関数です。y.creator が None のとき（y をユーザーが作ったとき）は、"
+                    hint="入れるのは変数ではなく関数です。y.creator が None のとき（y をユーザが作ったとき）は、"
                          "None を入れずに空のリスト [] を返します。")
     names = [_name(f) for f in order]
     ids = [id(f) for f in order]
@@ -394,7 +394,7 @@ def test_ex4_3_backward_order_chain(exercise, rng):
     exp = _chapter4(exercise, "4-3", "exp")
 
     x = Variable(np.array(0.5))
-    no_creator = "y = Variable(np.array(0.5))（ユーザーが作った変数なので y.creator は None。関数は 1 つもない）"
+    no_creator = "y = Variable(np.array(0.5))（ユーザが作った変数なので y.creator は None。関数は 1 つもない）"
     try:
         order = _call_order(ex, x, no_creator)
     except AssertionError as exc:
@@ -403,7 +403,7 @@ def test_ex4_3_backward_order_chain(exercise, rng):
                     actual="例外", hint="y.creator が None なら、最初の関数をキューに入れずに、空のリスト [] を返します。")
         raise
     if order is None or not isinstance(order, (list, tuple)) or list(order) != []:
-        ex.fail("y をユーザーが作った（y.creator が None の）ときは、空のリストを返してください。",
+        ex.fail("y をユーザが作った（y.creator が None の）ときは、空のリストを返してください。",
                 inputs=no_creator, expected=[], actual=order,
                 hint="y.creator が None なら、最初の関数をキューに入れません。")
 

@@ -298,7 +298,7 @@ def test_ex6_4_maximum_with_python_number_and_gradient_check(exercise, rng):
         x = Variable(a.copy())
         y = _variable(ex, ex(0.0, x) if left else ex(x, 0.0), inputs, "maximum")
         ex.check_close(y.data, np.maximum(a, 0), check_dtype=True, inputs=inputs,
-                       hint="maximum では as_operands(x0, x1) で入力を揃えます。Python の数値が相手の dtype "
+                       hint="maximum では as_operands(x0, x1) で入力をそろえます。Python の数値が相手の dtype "
                             "（float32）に合わせられます。")
         _backward(ex, y, np.ones((2, 3), dtype=np.float32), inputs)
         ex.check_close(_grad_of(ex, x, inputs).data, (a > 0).astype(np.float32), check_dtype=True, inputs=inputs,

@@ -10,7 +10,7 @@ from mini_dl.functions.tensor import sum_to
 
 
 def as_operands(x0, x1):
-    """2 項演算の入力を ``Variable`` に揃えます。
+    """2 項演算の入力を ``Variable`` にそろえます。
 
     Python の数値は、相手と同じ配列モジュール（NumPy か CuPy）の、NumPy の規則どおりの dtype の
     配列にします。``x * 2.0`` は、``x`` が float16 なら float16、float32 なら float32 のままです
@@ -24,7 +24,7 @@ def as_operands(x0, x1):
         x1: 右の入力（同上）。
 
     Returns:
-        tuple[Variable, Variable]: 揃えた 2 つの入力。
+        tuple[Variable, Variable]: そろえた 2 つの入力。
 
     Raises:
         ValueError: 2 つの shape がブロードキャストできないとき。

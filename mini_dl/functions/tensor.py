@@ -336,7 +336,7 @@ class AsType(Function):
 def astype(x, dtype):
     """``x`` の dtype を ``dtype`` に変えます（同じ dtype なら ``x`` をそのまま返します）。
 
-    float16 で計算して float32 に戻す混合精度（第14章）や、勾配チェックの float64 で使います。
+    float16 で計算して float32 に戻す混合精度（第14章）や、勾配確認の float64 で使います。
     """
     x = as_variable(x)
     if x.dtype == np.dtype(dtype):
