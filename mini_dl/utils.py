@@ -158,7 +158,7 @@ def get_dot_graph(output, verbose=True):
     """計算グラフを DOT 言語（Graphviz の形式）の文字列にします。
 
     変数は楕円、関数は箱で表します。得られた文字列は Graphviz の ``dot`` コマンドや
-    オンラインの Graphviz ビューアーで画像にできます。
+    オンラインの Graphviz ビューアで画像にできます。
 
     Args:
         output (Variable): グラフの出力側の変数。

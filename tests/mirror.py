@@ -11,7 +11,7 @@
   ただし、下書きでないセルに同じ名前で載せたなら、公開の定義と同じく、まったく同じソースでなければなりません。
 
     python tests/mirror.py          # 食い違いを一覧表示（テストと同じ判定）
-    python tests/mirror.py --sync   # 章の完成版のセルを、パッケージのソースで書き換える
+    python tests/mirror.py --sync   # 章の完成形のセルを、パッケージのソースで書き換える
 """
 import ast
 import difflib
@@ -146,7 +146,7 @@ def check(pkg, by_name, siblings=()):
         if shown:
             closest = max(shown, key=lambda d: difflib.SequenceMatcher(None, d.source, pkg.source).ratio())
             found.append(
-                f"{pkg.name}（{pkg.where}）の完成版がどの章にもありません。"
+                f"{pkg.name}（{pkg.where}）の完成形がどの章にもありません。"
                 f"いちばん近いのは {closest.chapter}（{closest.where}）の下書きです。\n"
                 + _diff(closest.source, pkg.source, closest.where, pkg.where)
             )

@@ -148,7 +148,7 @@ def test_built_pages_load_nothing_from_the_network(html):
 
 
 def test_mathjax_and_widget_scripts_are_vendored(html):
-    """MathJax・require.js・HTML ウィジェットマネージャーは _vendor/ の写しを _static/ から読みます。"""
+    """MathJax・require.js・HTML ウィジェットマネージャは _vendor/ の写しを _static/ から読みます。"""
     cfg = _config()["sphinx"]["config"]
     assert "_vendor" in cfg["html_static_path"]
     vendored = [cfg["mathjax_path"], *cfg["nb_ipywidgets_js"]]

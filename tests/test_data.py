@@ -1,4 +1,4 @@
-"""第11章: データセット・ダウンロード（手元のサーバーで試す）・DataLoader のテスト。"""
+"""第11章: データセット・ダウンロード（手元のサーバで試す）・DataLoader のテスト。"""
 import gzip
 import hashlib
 import http.server
@@ -48,7 +48,7 @@ def test_transforms_are_applied_to_whole_batches():
 
 @pytest.fixture
 def server(tmp_path):
-    """tmp_path/www を配る、手元の HTTP サーバー（インターネットには繋ぎません）。"""
+    """tmp_path/www を配る、手元の HTTP サーバ（インターネットには繋ぎません）。"""
     root = tmp_path / "www"
     root.mkdir()
 

@@ -40,7 +40,7 @@ def test_mirror_detects_drift_missing_and_accepts_drafts(monkeypatch):
     missing = mirror.check(pkg, {})
     assert len(missing) == 1 and "どの章のノートブックにも載っていません" in missing[0]
     only_draft = mirror.check(pkg, {"f": [draft]})
-    assert len(only_draft) == 1 and "完成版がどの章にもありません" in only_draft[0]
+    assert len(only_draft) == 1 and "完成形がどの章にもありません" in only_draft[0]
     drifted = mirror.check(pkg, {"f": [same, drift]})
     assert len(drifted) == 1 and "第2章" in drifted[0] and "+    return x + 1" in drifted[0]
 

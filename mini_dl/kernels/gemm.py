@@ -42,7 +42,7 @@ def _gemm_kernels(tile):
             # 各スレッドが a と b の 1 要素ずつを読み込む。はみ出した所には 0 を置く（積に効かない）
             sa[ty, tx] = a[row, k0 + tx] if row < a.shape[0] and k0 + tx < n_k else 0
             sb[ty, tx] = b[k0 + ty, col] if k0 + ty < n_k and col < b.shape[1] else 0
-            cuda.syncthreads()  # タイルが揃うまで待つ
+            cuda.syncthreads()  # タイルがそろうまで待つ
             for k in range(tile):
                 acc += sa[ty, k] * sb[k, tx]
             cuda.syncthreads()  # 全員が使い終えるまで、次のタイルで上書きしない
