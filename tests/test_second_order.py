@@ -114,6 +114,36 @@ TABLE = {
     "batch_norm": (_batch_norm, [_rand((5, 3), 65), _rand((3,), 66, 0.5, 1.5), _rand((3,), 67)], {}),
     "batch_norm.4d": (_batch_norm, [_rand((2, 3, 3, 1), 68), _rand((3,), 69, 0.5, 1.5), _rand((3,), 77)], {}),
     "batch_norm.eval": (_batch_norm_eval, [_rand((5, 3), 78), _rand((3,), 79, 0.5, 1.5), _rand((3,), 80)], {}),
+    "conv2d": (lambda x, W, b: F.conv2d(x, W, b, stride=(2, 1), pad=(1, 2)),
+               [_rand((2, 3, 5, 4), 101), _rand((2, 3, 3, 2), 102), _rand((2,), 103)], {}),
+    "conv2d.nobias": (lambda x, W: F.conv2d(x, W, stride=2, pad=1), [_rand((1, 2, 5, 5), 104), _rand((3, 2, 3, 3), 105)], {}),
+    "conv2d_simple": (lambda x, W, b: F.conv2d_simple(x, W, b, stride=(1, 2), pad=1),
+                      [_rand((2, 2, 4, 5), 106), _rand((3, 2, 2, 3), 107), _rand((3,), 108)], {}),
+    "im2col": (lambda x: F.im2col(x, (3, 2), stride=(2, 1), pad=1), [_rand((2, 2, 5, 3), 109)], {}),
+    "max_pooling": (lambda x: F.max_pooling(x, 3, stride=2, pad=1), [_spread((2, 2, 5, 4), 110)], {}),
+    "max_pooling.default_stride": (lambda x: F.max_pooling(x, 2), [_spread((1, 3, 5, 4), 111)], {}),
+    "max_pooling_simple": (lambda x: F.max_pooling_simple(x, (2, 3), stride=1, pad=(1, 0)), [_spread((2, 2, 3, 5), 112)], {}),
+    "average_pooling": (lambda x: F.average_pooling(x, 3, stride=(2, 1), pad=1), [_rand((2, 2, 5, 4), 113)], {}),
+    "average_pooling_simple": (lambda x: F.average_pooling_simple(x, 2, pad=1), [_rand((2, 2, 5, 3), 114)], {}),
+    "deconv2d": (lambda x, W, b: F.deconv2d(x, W, b, stride=(2, 1), pad=(1, 0), outsize=(6, 4)),
+                 [_rand((2, 3, 3, 2), 84), _rand((3, 2, 3, 3), 85), _rand((2,), 86)], {}),
+    "deconv2d.nobias": (lambda x, W: F.deconv2d(x, W, stride=2, pad=1), [_rand((1, 2, 3, 3), 87), _rand((2, 3, 4, 3), 88)], {}),
+    "deconv2d_simple": (lambda x, W, b: F.deconv2d_simple(x, W, b, stride=(2, 1), pad=(1, 0), outsize=(6, 4)),
+                        [_rand((2, 3, 3, 2), 89), _rand((3, 2, 3, 3), 90), _rand((2,), 91)], {}),
+    "embedding": (lambda W: F.embedding(_like(np.array([[0, 3, 3], [2, 0, 1]]), W), W), [_rand((4, 3), 140)], {}),
+    "embedding_simple": (lambda W: F.embedding_simple(_like(np.array([[1, 1], [3, 0]]), W), W), [_rand((4, 3), 141)], {}),
+    "layer_norm": (F.layer_norm, [_rand((3, 5), 142), _rand((5,), 143, 0.5, 1.5), _rand((5,), 144)], {}),
+    "layer_norm_simple": (F.layer_norm_simple, [_rand((2, 3, 4), 145), _rand((4,), 146, 0.5, 1.5), _rand((4,), 147)], {}),
+    "gelu": (F.gelu, [_rand((3, 5), 148, -3, 3)], {}),
+    "gelu_simple": (F.gelu_simple, [_rand((3, 5), 149, -3, 3)], {}),
+    "scaled_dot_product_attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=True),
+                                     [_rand((2, 3, 4), 150), _rand((2, 3, 4), 151), _rand((2, 3, 2), 152)], {}),
+    "scaled_dot_product_attention.mask": (
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask=_like(np.array([[True, False, True, True]]), q)),
+        [_rand((3, 3), 153), _rand((4, 3), 154), _rand((4, 2), 155)], {}),
+    "scaled_dot_product_attention_simple": (
+        lambda q, k, v: F.scaled_dot_product_attention_simple(q, k, v, causal=True),
+        [_rand((1, 3, 4), 156), _rand((1, 4, 4), 157), _rand((1, 4, 2), 158)], {}),
 }
 
 # 2 階微分に対応していない関数（対応したら strict な xfail が赤くなるので、ここから消します）
@@ -121,7 +151,8 @@ TABLE = {
 NO_SECOND_ORDER = {}
 
 # 表に載せなくてよい公開の名前（微分しない関数、道具）
-NOT_DIFFERENTIABLE = {"accuracy", "as_operands", "setup_variable", "sum_to_array"}
+NOT_DIFFERENTIABLE = {"accuracy", "as_operands", "setup_variable", "sum_to_array",
+                      "col2im_array", "get_conv_outsize", "get_deconv_outsize", "im2col_array", "pair"}
 
 
 def _loss(y, seed=0):

@@ -8,7 +8,10 @@
 * ``nn``: 活性化関数・全結合・ソフトマックス・ドロップアウト（第9章・第11章）
 * ``loss``: 損失関数と正解率（第9章・第11章）
 * ``norm``: 正規化（第11章）
+* ``conv``: 畳み込み・プーリング・im2col（第15章）
 * ``operators``: ``Variable`` に演算子を取り付ける ``setup_variable``（第8章）
+* ``deconv``: 転置畳み込み ``deconv2d``（第16章）
+* ``attention``: 埋め込み・層正規化・GELU・スケール付き内積注意（第18章）
 
 どの関数も ``forward`` は配列で、``backward`` は ``Variable`` で計算するので、何回でも微分できます（第7章）。
 """
@@ -102,6 +105,45 @@ from mini_dl.functions.norm import (  # noqa: F401
     batch_norm,
     BatchNorm,
 )
+from mini_dl.functions.conv import (  # noqa: F401
+    average_pooling,
+    average_pooling_simple,
+    AveragePooling,
+    Col2im,
+    col2im_array,
+    conv2d,
+    conv2d_simple,
+    Conv2d,
+    get_conv_outsize,
+    get_deconv_outsize,
+    im2col,
+    im2col_array,
+    Im2col,
+    max_pooling,
+    max_pooling_simple,
+    MaxPooling,
+    pair,
+)
 from mini_dl.functions.operators import (  # noqa: F401
     setup_variable,
+)
+from mini_dl.functions.deconv import (  # noqa: F401
+    Deconv2d,
+    deconv2d,
+    deconv2d_simple,
+)
+from mini_dl.functions.attention import (  # noqa: F401
+    Embedding,
+    embedding,
+    embedding_simple,
+    EmbeddingGrad,
+    GELU,
+    gelu,
+    gelu_simple,
+    layer_norm,
+    layer_norm_simple,
+    LayerNorm,
+    scaled_dot_product_attention,
+    scaled_dot_product_attention_simple,
+    ScaledDotProductAttention,
 )

@@ -1,0 +1,62 @@
+"""畳み込みの層（第15章）: ``Conv2d``。"""
+import numpy as np
+
+import mini_dl.functions as F
+from mini_dl import cuda, initializers
+from mini_dl.core import Parameter
+from mini_dl.layers.base import Layer
+
+
+class Conv2d(Layer):
+    r"""2 次元の畳み込み層 :math:`y = W * x + b`（``F.conv2d``）。
+
+    重み :math:`W` (OC, C, KH, KW) は ``initializer`` で初期化します。既定は He の初期値
+    （標準偏差 :math:`\sqrt{2 / (C \cdot KH \cdot KW)}`、ReLU 向け）です。``in_channels`` を省くと、
+    最初に入力が来たときに、その shape から :math:`C` を決めて初期化します。最初の入力が GPU の上なら、
+    パラメータも GPU の上に作ります。
+
+    PyTorch の ``nn.Conv2d(in_channels, out_channels, kernel_size)`` とは違い、最初の引数は出力のチャンネル数で、
+    入力のチャンネル数はキーワード ``in_channels`` です（``L.Linear`` と同じ決まり）。
+
+    Args:
+        out_channels (int): 出力のチャンネル数 OC。
+        kernel_size: カーネルの大きさ（int か (KH, KW)）。
+        stride: ストライド（int か組）。
+        pad: パディング（int か組）。
+        nobias (bool): ``True`` ならバイアスを使いません。
+        in_channels (int): 入力のチャンネル数 C（省略可）。
+        dtype: パラメータの dtype（既定は float32）。
+        initializer: ``(shape, rng, dtype)`` から初期値の配列を作る関数。
+        seed: 初期値の乱数の種（``None`` なら毎回ちがう値）。
+
+    Shape:
+        x: (N, C, H, W) -> y: (N, OC, OH, OW)、W: (OC, C, KH, KW)、b: (OC,)
+    """
+
+    def __init__(self, out_channels, kernel_size, *, stride=1, pad=0, nobias=False, in_channels=None,
+                 dtype=np.float32, initializer=initializers.he_normal, seed=None):
+        super().__init__()
+        self.out_channels = out_channels
+        self.kernel_size = F.pair(kernel_size)
+        self.stride, self.pad = stride, pad
+        self.in_channels = in_channels
+        self.dtype = dtype
+        self.initializer = initializer
+        self.rng = np.random.default_rng(seed)
+        self.W = Parameter(None, name="W")
+        if in_channels is not None:
+            self._init_W(np)
+        self.b = None if nobias else Parameter(np.zeros(out_channels, dtype=dtype), name="b")
+
+    def _init_W(self, xp):
+        shape = (self.out_channels, self.in_channels) + self.kernel_size  # (OC, C, KH, KW)
+        W = self.initializer(shape, self.rng, self.dtype)
+        self.W.data = W if xp is np else xp.asarray(W)
+        if xp is not np and self.b is not None:  # 最初の入力が GPU の上なら、CPU で作ったバイアスも GPU へ
+            self.b.data = xp.asarray(self.b.data)
+
+    def forward(self, x):
+        if self.W.data is None:  # 最初の入力から C を決めて、W を作る
+            self.in_channels = x.shape[1]
+            self._init_W(cuda.get_array_module(x))
+        return F.conv2d(x, self.W, self.b, self.stride, self.pad)
