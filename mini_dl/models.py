@@ -219,6 +219,7 @@ class CNN(Model):
     """LeNet 風の畳み込みニューラルネット（第15章）: 「畳み込み → ReLU → 最大プーリング」を重ね、全結合で分類します。
 
     畳み込みはパディング ``kernel_size // 2`` で画像の大きさを保ち、2×2 の最大プーリングで縦横を半分にします。
+    ReLU は単調に増えるので最大プーリングと順番を入れ替えられ、値も勾配も同じまま 4 分の 1 の大きさで計算できます。
     入力のチャンネル数と、全結合層の入力の大きさは、最初の入力で決まります。
 
     Args:
@@ -247,7 +248,7 @@ class CNN(Model):
 
     def forward(self, x):
         for conv in self.convs:
-            x = F.max_pooling(F.relu(conv(x)), 2)  # (N, C, H, W) -> (N, OC, H/2, W/2)
+            x = F.relu(F.max_pooling(conv(x), 2))  # (N, C, H, W) -> (N, OC, H/2, W/2)。ReLU は後でも同じ（本文）
         x = F.reshape(x, (x.shape[0], -1))  # (N, OC, H', W') -> (N, OC*H'*W')
         if self.hidden is not None:
             x = F.relu(self.hidden(x))

@@ -197,6 +197,45 @@ def test_max_pooling_backward_sends_the_gradient_to_the_first_maximum():
     np.testing.assert_array_equal(x.grad.data, expected)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (2, 2, 7, 5)])
+def test_max_pooling_2x2_shortcut_keeps_the_first_maximum_among_ties(xp, shape):
+    """2×2 の近道（トーナメント）も、同点なら先の位置を選び、奇数の端を捨てる（窓ごとの argmax のループと比べる）。"""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 3, shape).astype(np.float32)  # 0, 1, 2 だけ: 同点だらけ
+    gy = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2)).astype(np.float32)
+    xv = Variable(xp.asarray(x))
+    y = F.max_pooling(xv, 2)
+    F.sum(y * xp.asarray(gy)).backward()
+    y_ref, gx_ref = np.zeros(gy.shape, np.float32), np.zeros(shape, np.float32)
+    for n, c, i, j in np.ndindex(*gy.shape):
+        window = x[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+        k = int(np.argmax(window))  # 同点なら先の位置
+        y_ref[n, c, i, j] = window.max()
+        gx_ref[n, c, 2 * i + k // 2, 2 * j + k % 2] = gy[n, c, i, j]
+    np.testing.assert_array_equal(cuda.as_numpy(y.data), y_ref)
+    np.testing.assert_array_equal(cuda.as_numpy(xv.grad.data), gx_ref)
+
+
+def test_cnn_pools_before_relu_with_exactly_the_same_values_and_gradients():
+    """CNN は ReLU を最大プーリングの後に置く: ReLU → プーリングの順と、値も勾配もビット単位で同じ。"""
+    x = np.random.default_rng(3).standard_normal((4, 1, 10, 10)).astype(np.float32)
+    x[:, :, :4] = 0  # ReLU で 0 になる窓（同点）も入れる
+    results = []
+    for pool_first in (True, False):
+        model = CNN((4, 6), 5, seed=2)
+        if pool_first:
+            y = model(x)
+        else:
+            h = x
+            for conv in model.convs:
+                h = F.max_pooling(F.relu(conv(h)), 2)
+            y = model.fc(F.reshape(h, (h.shape[0], -1)))
+        F.sum(y * y).backward()
+        results.append([y.data] + [p.grad.data for p in model.params()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 # --- 層とモデル ----------------------------------------------------------------------------------
 
 def test_conv2d_layer_lazy_init_shapes_dtype_seed_and_he_std():

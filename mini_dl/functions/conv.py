@@ -317,6 +317,22 @@ def _pool_args(kernel_size, stride, pad):
     return kernel_size, pair(kernel_size if stride is None else stride), pair(pad)
 
 
+def _max_pooling_2x2(x):
+    """重ならない 2×2 の最大プーリングの、最大値と位置 k（同点なら先の位置）を返します。
+
+    窓の 4 つの値 a b / c d を、まず a と b、c と d で比べ、勝ったもの同士を比べます。
+    順に 4 つを比べるより、位置の計算が少なくて済みます（NumPy の ``where`` は遅いので、bool の演算で選びます）。
+    """
+    xp = cuda.get_array_module(x)
+    oh, ow = x.shape[2] // 2, x.shape[3] // 2  # 奇数の端は、どの窓にも入らない
+    a, b = x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2]  # 窓の上の段 (N, C, OH, OW)
+    c, d = x[:, :, 1:2 * oh:2, 0:2 * ow:2], x[:, :, 1:2 * oh:2, 1:2 * ow:2]  # 窓の下の段
+    ab, cd = xp.maximum(a, b), xp.maximum(c, d)
+    lower = cd > ab  # 下の段の勝者が真に大きいときだけ下の段（同点なら先の上の段）
+    right = (lower & (d > c)) | (~lower & (b > a))  # 勝った段の中で、右が真に大きいか（where より速い）
+    return xp.maximum(ab, cd), lower * np.int16(2) + right  # 位置 k = 2*段 + 列 (N, C, OH, OW)
+
+
 class MaxPooling(Function):
     """最大プーリング: 窓ごとの最大値を取ります。パディングには ``-inf`` を詰めます（PyTorch と同じ）。
 
@@ -333,6 +349,9 @@ class MaxPooling(Function):
 
     def forward(self, x):
         xp = cuda.get_array_module(x)
+        if self.args == ((2, 2), (2, 2), (0, 0)):  # いちばんよく使う 2×2 は、2 つずつの比べ合い（トーナメント）で速く
+            y, self.indexes = _max_pooling_2x2(x)
+            return y
         xpad = _pad(x, self.args[2], -np.inf)  # (N, C, H, W) -> (N, C, H+2PH, W+2PW)
         y = idx = None
         for k, (_, _, s) in enumerate(_window_slices(x.shape, *self.args)):
@@ -361,8 +380,13 @@ class _MaxPoolingGrad(Function):
         N, C, H, W = self.x_shape
         ph, pw = self.args[2]
         img = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)  # パディングを含めた画像
+        (kh, kw), (sh, sw), _ = self.args
+        overlap = sh < kh or sw < kw  # 窓が重なるなら、同じ画素に何回も足す
         for k, (_, _, s) in enumerate(_window_slices(self.x_shape, *self.args)):
-            img[s] += gy * (self.indexes == k)  # 最大値が (i, j) にあった窓の gy だけ（bool を掛ける）
+            if overlap:
+                img[s] += gy * (self.indexes == k)  # 最大値が (i, j) にあった窓の gy だけ（bool を掛ける）
+            else:  # 重ならなければ、どの画素も 1 回しか書かないので、掛け算の結果をその場所へ直接書く
+                xp.multiply(gy, self.indexes == k, out=img[s])
         return img[:, :, ph:ph + H, pw:pw + W]  # パディングを落とす -> (N, C, H, W)
 
     def backward(self, ggx):

@@ -8,13 +8,6 @@ from mini_dl.layers.base import Layer
 from mini_dl.layers.basic import Linear
 
 
-def _on_device_of(param, x):
-    """``param`` の配列が NumPy で、入力 ``x`` が GPU にあれば、``param`` を GPU へ移します。"""
-    xp = cuda.get_array_module(x.data if isinstance(x, Variable) else x)
-    if xp is not np and isinstance(param.data, np.ndarray):
-        param.data = xp.asarray(param.data)
-
-
 class LayerNorm(Layer):
     r"""層正規化の層: 最後の軸で正規化し、:math:`\gamma \hat{x} + \beta` を返します（``F.layer_norm``）。
 
@@ -37,17 +30,16 @@ class LayerNorm(Layer):
         self.gamma = Parameter(None, name="gamma")
         self.beta = Parameter(None, name="beta")
         if size is not None:
-            self._init_params(np, size)
+            self._init_params(size)
 
-    def _init_params(self, xp, size):
-        self.gamma.data = xp.ones(size, dtype=self.dtype)
-        self.beta.data = xp.zeros(size, dtype=self.dtype)
+    def _init_params(self, size):
+        self.gamma.data = np.ones(size, dtype=self.dtype)
+        self.beta.data = np.zeros(size, dtype=self.dtype)
 
     def forward(self, x):
         if self.gamma.data is None:
-            self._init_params(cuda.get_array_module(x.data if isinstance(x, Variable) else x), x.shape[-1])
-        _on_device_of(self.gamma, x)
-        _on_device_of(self.beta, x)
+            self._init_params(x.shape[-1])
+        self._follow_device(x)  # 入力が GPU の上なら、パラメータも GPU へ
         return F.layer_norm(x, self.gamma, self.beta, eps=self.eps)
 
 
@@ -77,7 +69,7 @@ class Embedding(Layer):
         self.W = Parameter(W, name="W")
 
     def forward(self, ids):
-        _on_device_of(self.W, ids)
+        self._follow_device(ids)
         return F.embedding(ids, self.W)
 
 

@@ -1,6 +1,8 @@
 """層の基底クラス ``Layer`` と、層をリストで持つ ``LayerList``（第9章・第11章）。"""
+import numpy as np
+
 from mini_dl import cuda, serialization
-from mini_dl.core import Parameter
+from mini_dl.core import Parameter, Variable
 
 
 class Layer:
@@ -119,6 +121,16 @@ class Layer:
     def to_gpu(self):
         """パラメータと保存用の配列を GPU（CuPy）に移します。自分自身を返します。"""
         return self._to(cuda.as_cupy)
+
+    def _follow_device(self, x):
+        """入力 ``x`` が GPU の上にあり、この層のパラメータがまだ CPU の上なら、層を GPU へ移します。
+
+        パラメータはいつも CPU（NumPy）の上で作ります。入力の形から大きさを決める層（``Linear`` など）を
+        GPU の入力で初めて呼んだときは、作ったばかりのパラメータを、ここで入力と同じ装置へそろえます。
+        """
+        data = x.data if isinstance(x, Variable) else x
+        if cuda.get_array_module(data) is not np and any(isinstance(p.data, np.ndarray) for p in self.params()):
+            self.to_gpu()
 
     def _to(self, convert):
         for param in self.params():

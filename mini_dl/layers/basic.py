@@ -40,20 +40,18 @@ class Linear(Layer):
         self.initializer = initializer
         self.rng = np.random.default_rng(seed)
         self.W = Parameter(None, name="W")
-        if in_size is not None:
-            self._init_W(np)
         self.b = None if nobias else Parameter(np.zeros(out_size, dtype=dtype), name="b")
+        if in_size is not None:
+            self._init_W()
 
-    def _init_W(self, xp):
-        W = self.initializer((self.in_size, self.out_size), self.rng, self.dtype)
-        self.W.data = W if xp is np else xp.asarray(W)
-        if xp is not np and self.b is not None:  # 最初の入力が GPU の上なら、CPU で作ったバイアスも GPU へ
-            self.b.data = xp.asarray(self.b.data)
+    def _init_W(self):
+        self.W.data = self.initializer((self.in_size, self.out_size), self.rng, self.dtype)  # (D, H)
 
     def forward(self, x):
-        if self.W.data is None:  # 最初の入力から D を決めて、W を作る
+        if self.W.data is None:  # 最初の入力から D を決めて W を作り、入力と同じ装置（CPU か GPU）へ
             self.in_size = x.shape[-1]
-            self._init_W(cuda.get_array_module(x))
+            self._init_W()
+            self._follow_device(x)
         return F.linear(x, self.W, self.b)
 
 

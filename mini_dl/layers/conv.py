@@ -2,7 +2,7 @@
 import numpy as np
 
 import mini_dl.functions as F
-from mini_dl import cuda, initializers
+from mini_dl import initializers
 from mini_dl.core import Parameter
 from mini_dl.layers.base import Layer
 
@@ -44,19 +44,17 @@ class Conv2d(Layer):
         self.initializer = initializer
         self.rng = np.random.default_rng(seed)
         self.W = Parameter(None, name="W")
-        if in_channels is not None:
-            self._init_W(np)
         self.b = None if nobias else Parameter(np.zeros(out_channels, dtype=dtype), name="b")
+        if in_channels is not None:
+            self._init_W()
 
-    def _init_W(self, xp):
+    def _init_W(self):
         shape = (self.out_channels, self.in_channels) + self.kernel_size  # (OC, C, KH, KW)
-        W = self.initializer(shape, self.rng, self.dtype)
-        self.W.data = W if xp is np else xp.asarray(W)
-        if xp is not np and self.b is not None:  # 最初の入力が GPU の上なら、CPU で作ったバイアスも GPU へ
-            self.b.data = xp.asarray(self.b.data)
+        self.W.data = self.initializer(shape, self.rng, self.dtype)
 
     def forward(self, x):
-        if self.W.data is None:  # 最初の入力から C を決めて、W を作る
+        if self.W.data is None:  # 最初の入力から C を決めて W を作り、入力と同じ装置（CPU か GPU）へ
             self.in_channels = x.shape[1]
-            self._init_W(cuda.get_array_module(x))
+            self._init_W()
+            self._follow_device(x)
         return F.conv2d(x, self.W, self.b, self.stride, self.pad)

@@ -7,7 +7,6 @@
 import numpy as np
 
 import mini_dl.functions as F
-from mini_dl import cuda
 from mini_dl.core import Parameter
 from mini_dl.layers.base import Layer
 
@@ -32,7 +31,7 @@ class _Recurrent(Layer):
         for name in self._shapes():
             setattr(self, name, Parameter(None, name=name))
         if in_size is not None:
-            self._init_params(np)
+            self._init_params()
         self.reset_state()
 
     def _shapes(self):
@@ -40,17 +39,18 @@ class _Recurrent(Layer):
         D, H, G = self.in_size, self.hidden_size, self.gates
         return {"Wx": (D, G * H), "Wh": (H, G * H), "b": (G * H,)}
 
-    def _init_params(self, xp):
+    def _init_params(self):
         bound = 1.0 / np.sqrt(self.hidden_size)
         for name, shape in self._shapes().items():
-            getattr(self, name).data = xp.asarray(self.rng.uniform(-bound, bound, shape).astype(self.dtype))
+            getattr(self, name).data = self.rng.uniform(-bound, bound, shape).astype(self.dtype)
 
     def _check_input(self, x):
         if x.ndim != 2:
             raise ValueError(f"{type(self).__name__} の入力は 1 時刻分の (N, D) にします（受け取った shape: {x.shape}）")
         if self.Wx.data is None:  # 最初の入力から D を決めて、入力と同じ装置の上に作る
             self.in_size = x.shape[1]
-            self._init_params(cuda.get_array_module(x))
+            self._init_params()
+            self._follow_device(x)
         elif x.shape[1] != self.in_size:
             raise ValueError(f"{type(self).__name__} の入力の大きさ D は {self.in_size} のはずです"
                              f"（受け取った shape: {x.shape}）")
