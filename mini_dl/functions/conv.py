@@ -330,7 +330,11 @@ def _max_pooling_2x2(x):
     ab, cd = xp.maximum(a, b), xp.maximum(c, d)
     lower = cd > ab  # 下の段の勝者が真に大きいときだけ下の段（同点なら先の上の段）
     right = (lower & (d > c)) | (~lower & (b > a))  # 勝った段の中で、右が真に大きいか（where より速い）
-    return xp.maximum(ab, cd), lower * np.int16(2) + right  # 位置 k = 2*段 + 列 (N, C, OH, OW)
+    y = xp.empty(ab.shape, dtype=x.dtype)  # 結果は C の並びに（x が並べ替えたビューでも。逆伝播の読み書きがそろって速い）
+    idx = xp.empty(ab.shape, dtype=np.int16)
+    xp.maximum(ab, cd, out=y)
+    xp.add(lower * np.int16(2), right, out=idx)  # 位置 k = 2*段 + 列 (N, C, OH, OW)
+    return y, idx
 
 
 class MaxPooling(Function):
