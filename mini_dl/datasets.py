@@ -428,6 +428,29 @@ _SMALL_TEXT = (
 )
 
 
+def book_markdown(folder=None, exclude=()):
+    """本の章のノートブック（``book/ch*.ipynb``、ファイル名の順）のマークダウンのセルを、1 つずつ返します。
+
+    第17章の ``book_text`` と、第18章の ``gpt.book_corpus`` が、ここから文章を読みます。
+
+    Args:
+        folder: 章のノートブックのあるフォルダ（省略すると、パッケージの隣の ``book/``）。
+        exclude: 読まないノートブックのファイル名の一部（例: ``("ch18",)``）。
+
+    Yields:
+        str: マークダウンのセルの中身。
+    """
+    import json
+
+    folder = pathlib.Path(__file__).resolve().parent.parent / "book" if folder is None else pathlib.Path(folder)
+    for path in sorted(folder.glob("ch*.ipynb")):
+        if any(e in path.name for e in exclude):
+            continue
+        with open(path, encoding="utf-8") as f:
+            cells = json.load(f)["cells"]
+        yield from ("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
 def book_text(folder=None):
     """本の章（``book/ch*.ipynb``）のマークダウンのセルをつないだ日本語の文章を返します（第17章）。
 
@@ -440,12 +463,5 @@ def book_text(folder=None):
     Returns:
         str: 章の番号の順につないだ文章。
     """
-    import json
-
-    folder = pathlib.Path(__file__).resolve().parent.parent / "book" if folder is None else pathlib.Path(folder)
-    parts = []
-    for path in sorted(folder.glob("ch*.ipynb")):
-        with open(path, encoding="utf-8") as f:
-            cells = json.load(f)["cells"]
-        parts += ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    parts = list(book_markdown(folder))
     return "\n\n".join(parts) + "\n" if parts else _SMALL_TEXT

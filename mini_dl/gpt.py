@@ -5,7 +5,6 @@
 ``download_aozora`` で取ってきて ``aozora_text`` で読みます。
 """
 import io
-import json
 import pathlib
 import re
 import zipfile
@@ -16,8 +15,6 @@ import numpy as np
 from mini_dl import cuda, datasets
 from mini_dl.core import no_grad
 from mini_dl.layers.attention import KVCache
-
-_BOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "book"  # リポジトリの book/
 
 
 class CharTokenizer:
@@ -69,16 +66,9 @@ def book_corpus(book_dir=None, exclude=()):
     Raises:
         FileNotFoundError: ノートブックが 1 つも見つからないとき。
     """
-    folder = pathlib.Path(book_dir) if book_dir is not None else _BOOK_DIR
-    paths = [p for p in sorted(folder.glob("ch*.ipynb")) if not any(e in p.name for e in exclude)]
-    if not paths:
-        raise FileNotFoundError(f"{folder} に章のノートブック（ch*.ipynb）が見つかりません")
-    parts = []
-    for path in paths:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-        for cell in nb["cells"]:
-            if cell["cell_type"] == "markdown":
-                parts.append(_clean_markdown("".join(cell["source"])))
+    parts = [_clean_markdown(cell) for cell in datasets.book_markdown(book_dir, exclude)]
+    if not parts:
+        raise FileNotFoundError(f"{book_dir or 'book/'} に章のノートブック（ch*.ipynb）が見つかりません")
     return "\n".join(p for p in parts if p)
 
 
