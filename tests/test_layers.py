@@ -297,3 +297,13 @@ def test_placeholders_and_removed_parameters():
     layer.W = None  # 取り除いたパラメータは集めない
     assert list(layer.params()) == []
     layer.cleargrads()
+
+
+def test_layer_call_passes_keyword_arguments_to_forward():
+    """``layer(x, causal=True)`` のキーワード引数も ``forward`` に届く（位置引数で渡したときと同じ結果）。"""
+    from mini_dl.layers import TransformerBlock
+
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    block = TransformerBlock(8, 2, seed=0)
+    np.testing.assert_array_equal(block(x, None, False).data, block(x, causal=False).data)
+    assert not np.array_equal(block(x, causal=True).data, block(x, causal=False).data)

@@ -29,9 +29,8 @@ class Layer:
             names.append(name)  # 初めて Parameter か Layer を代入した順番を覚える
         super().__setattr__(name, value)
 
-    def __call__(self, *inputs):
-        outputs = self.forward(*inputs)
-        return outputs
+    def __call__(self, *inputs, **kwargs):
+        return self.forward(*inputs, **kwargs)  # block(x, causal=True) のようなキーワード引数も forward へ渡す
 
     def forward(self, *inputs):
         """順伝播（サブクラスで実装）。"""
