@@ -1,5 +1,6 @@
 """mini_dl: 本書で一歩ずつ作る、小さくて速いディープラーニングフレームワーク。"""
-from mini_dl import amp, cuda, datasets, functions, initializers, kernels, layers, models, optimizers, serialization, utils
+from mini_dl import (amp, cuda, datasets, debug, distributed, functions, initializers, kernels, layers, models, onnx,
+                     optimizers, serialization, utils)
 from mini_dl.core import Config, Function, Parameter, Variable, as_array, as_variable, backward, no_grad, using_config
 from mini_dl.functions import add, cos, div, exp, log, matmul, mul, neg, pow, setup_variable, sin, square, sub, tanh
 from mini_dl.datasets import DataLoader
@@ -23,6 +24,8 @@ __all__ = [
     "cos",
     "cuda",
     "datasets",
+    "debug",
+    "distributed",
     "div",
     "exp",
     "functions",
@@ -38,6 +41,7 @@ __all__ = [
     "no_grad",
     "numerical_diff",
     "numerical_grad",
+    "onnx",
     "optimizers",
     "pow",
     "serialization",

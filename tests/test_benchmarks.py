@@ -57,3 +57,27 @@ def test_transformer_benchmark_runs_end_to_end(tmp_path):
     r = json.loads(out.read_text(encoding="utf-8"))
     assert {"block fwd+bwd, 1 threads", "generate"} <= r.keys()
     assert "mini_dl" in r["block fwd+bwd, 1 threads"]
+
+
+def test_inference_benchmark_runs_end_to_end(tmp_path):
+    # 時間は測らず、mini_dl と onnxruntime の推論の比べ方が最後まで動いて JSON を書くことだけを確かめます（第20章）
+    out = tmp_path / "inference.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert {"MLP batch 1", "CNN batch 2048", "GPT batch 64"} <= r.keys()
+    assert {"mini_dl", "ORT (no opt)", "ORT (all opt)"} <= r["MLP batch 1"].keys()
+    assert all(v["median_s"] > 0 for part in r.values() for v in part.values())
+
+
+def test_ecosystem_benchmark_runs_end_to_end(tmp_path):
+    # 時間は測らず、mini_dl・手書きの NumPy・JAX・DeZero（と、入っていれば PyTorch）の比べ方が最後まで動くことだけを確かめます（第22章）
+    out = tmp_path / "ecosystem.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ecosystem.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert {"MLP 784-100-10", "MLP 784-1000-1000-10", "x + x forward"} <= r.keys()
+    assert {"hand NumPy", "mini_dl", "JAX (jit)", "DeZero float32"} <= r["MLP 784-100-10"].keys()
+    assert all(v["median_s"] > 0 for part in r.values() for v in part.values())

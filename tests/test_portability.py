@@ -53,6 +53,7 @@ def test_the_switches_really_change_numpy_and_openblas():
     assert "Sandybridge" in lines[1], f"OpenBLAS のカーネルが Sandybridge になっていません: {lines[1]}"
 
 
+@pytest.mark.timeout(900)  # 本のすべてのノートブックをもう一度実行するので、ほかのテストの 300 秒では足りません
 def test_book_outputs_survive_another_simd_level_and_blas_kernel():
     notebooks = [str(p.relative_to(ROOT)) for p in booktools.toc_notebooks()]
     cmd = [sys.executable, "-m", "pytest", *notebooks, "--nbval", "--nbval-current-env",
