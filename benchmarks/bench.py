@@ -160,12 +160,22 @@ def report(title, times, base):
     return {name: {"median_s": m, "ratio": m / med[base] if base in med else None} for name, m in med.items()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(doc, rounds):
+    """ベンチマークのスクリプトに共通の引数を読み、``(args, ラウンド数)`` を返します。
+
+    ``--quick`` は回数を減らし、``--smoke`` は 1 回ずつだけ動かし（テスト用。時間は意味を持ちません）、
+    ``--json`` は結果を書く JSON ファイルです。``rounds`` は既定のラウンド数です。
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="回数を減らして短く測る")
+    parser.add_argument("--smoke", action="store_true", help="1 回ずつだけ動かす（テスト用。時間は意味を持ちません）")
     parser.add_argument("--json", help="結果を書く JSON ファイル")
     args = parser.parse_args()
-    rounds = 5 if args.quick else 15
+    return args, 1 if args.smoke else 7 if args.quick else rounds
+
+
+def main():
+    args, rounds = options(__doc__, 15)
     if torch is not None:
         torch.set_num_threads(os.cpu_count() or 1)
     print(f"Python {platform.python_version()}, NumPy {np.__version__}, mini_dl {mini_dl.__version__}, "

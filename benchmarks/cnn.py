@@ -23,7 +23,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # OpenBLAS と PyTorch のスレッドが取り合わないように
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 
@@ -34,7 +33,7 @@ import mini_dl  # noqa: E402
 import mini_dl.functions as F  # noqa: E402
 from mini_dl import Variable, optimizers  # noqa: E402
 from mini_dl.models import CNN  # noqa: E402
-from bench import interleaved, report  # noqa: E402（同じフォルダの bench.py）
+from bench import interleaved, options, report  # noqa: E402（同じフォルダの bench.py）
 
 try:
     import torch
@@ -120,12 +119,7 @@ def bench_conv(rounds, repeat):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="回数を減らして短く測る")
-    parser.add_argument("--smoke", action="store_true", help="1 回ずつだけ動かす（テスト用。時間は意味を持ちません）")
-    parser.add_argument("--json", help="結果を書く JSON ファイル")
-    args = parser.parse_args()
-    rounds = 1 if args.smoke else 7 if args.quick else 25
+    args, rounds = options(__doc__, 25)
     if args.smoke:
         args.quick = True
     print(f"Python {platform.python_version()}, NumPy {np.__version__}, mini_dl {mini_dl.__version__}, "

@@ -14,7 +14,6 @@
 mini_dl と onnxruntime を少しずつ交互に測り（interleave）、中央値で比べます。スレッド数は両方 1 にそろえます
 （mini_dl の NumPy は threadpoolctl で、onnxruntime は ``intra_op_num_threads`` で）。書き出したファイルは一時ディレクトリに置きます。
 """
-import argparse
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import mini_dl
 import mini_dl.functions as F
 import mini_dl.onnx
 from mini_dl.models import CNN, GPT, MLP
-from bench import interleaved, report  # 同じフォルダの bench.py
+from bench import interleaved, options, report  # 同じフォルダの bench.py
 
 
 def models(rng):
@@ -69,12 +68,7 @@ def bench_model(model, one, many, path, rounds):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="回数を減らして短く測る")
-    parser.add_argument("--smoke", action="store_true", help="1 回ずつだけ動かす（テスト用。時間は意味を持ちません）")
-    parser.add_argument("--json", help="結果を書く JSON ファイル")
-    args = parser.parse_args()
-    rounds = 1 if args.smoke else 7 if args.quick else 21
+    args, rounds = options(__doc__, 21)
     ort.set_default_logger_severity(3)
     print(f"Python {platform.python_version()}, NumPy {np.__version__}, mini_dl {mini_dl.__version__}, "
           f"onnxruntime {ort.__version__}, CPU {os.cpu_count()} コア（測るのは 1 スレッド）")

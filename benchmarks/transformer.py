@@ -22,7 +22,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # OpenBLAS と PyTorch のスレッドが取り合わないように
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
@@ -33,7 +32,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 import mini_dl  # noqa: E402
 import mini_dl.layers as L  # noqa: E402
 from mini_dl import Variable, gpt, models  # noqa: E402
-from bench import interleaved, report  # noqa: E402（同じフォルダの bench.py）
+from bench import interleaved, options, report  # noqa: E402（同じフォルダの bench.py）
 
 try:
     import torch
@@ -119,12 +118,7 @@ def bench_generate(rounds, n_tokens):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="回数を減らして短く測る")
-    parser.add_argument("--smoke", action="store_true", help="1 回ずつだけ動かす（テスト用。時間は意味を持ちません）")
-    parser.add_argument("--json", help="結果を書く JSON ファイル")
-    args = parser.parse_args()
-    rounds = 1 if args.smoke else 7 if args.quick else 25
+    args, rounds = options(__doc__, 25)
     print(f"Python {platform.python_version()}, NumPy {np.__version__}, mini_dl {mini_dl.__version__}, "
           f"PyTorch {torch.__version__ if torch is not None else 'なし'}, CPU {os.cpu_count()} コア")
     base = "PyTorch" if torch is not None else "mini_dl"
