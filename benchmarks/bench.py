@@ -71,12 +71,10 @@ def make_hand(sizes, x, t):
     return lambda: model.step(x, t, 0.01)
 
 
-def make_mini_dl(sizes, x, t):
-    model = MLP(sizes[1:], activation=F.relu, seed=0)
-    opt = optimizers.SGD(lr=0.01).setup(model)
-
+def train_step(model, opt, loss_fn, x, t):
+    """mini_dl（と、同じ書き方の DeZero）の学習 1 ステップを、引数なしで呼べる関数にして返します。"""
     def step():
-        loss = F.softmax_cross_entropy(model(x), t)
+        loss = loss_fn(model(x), t)
         model.cleargrads()
         loss.backward()
         opt.update()
@@ -84,12 +82,8 @@ def make_mini_dl(sizes, x, t):
     return step
 
 
-def make_torch(sizes, x, t):
-    layers = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+def torch_train_step(model, opt, x, t):
+    """PyTorch の学習 1 ステップ（交差エントロピー）を、引数なしで呼べる関数にして返します。"""
     xt, tt = torch.from_numpy(x), torch.from_numpy(t)
 
     def step():
@@ -99,6 +93,19 @@ def make_torch(sizes, x, t):
         opt.step()
         return loss
     return step
+
+
+def make_mini_dl(sizes, x, t):
+    model = MLP(sizes[1:], activation=F.relu, seed=0)
+    return train_step(model, optimizers.SGD(lr=0.01).setup(model), F.softmax_cross_entropy, x, t)
+
+
+def make_torch(sizes, x, t):
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    return torch_train_step(model, torch.optim.SGD(model.parameters(), lr=0.01), x, t)
 
 
 def interleaved(contenders, rounds, repeat):

@@ -33,7 +33,7 @@ import mini_dl  # noqa: E402
 import mini_dl.functions as F  # noqa: E402
 from mini_dl import Variable, optimizers  # noqa: E402
 from mini_dl.models import CNN  # noqa: E402
-from bench import interleaved, options, report  # noqa: E402（同じフォルダの bench.py）
+from bench import interleaved, options, report, torch_train_step, train_step  # noqa: E402（同じフォルダの bench.py）
 
 try:
     import torch
@@ -43,15 +43,7 @@ except ImportError:
 
 def make_mini_dl(x, t):
     model = CNN((16, 32), 10, seed=0)
-    opt = optimizers.Adam().setup(model)
-
-    def step():
-        loss = F.softmax_cross_entropy(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        opt.update()
-        return loss
-    return step
+    return train_step(model, optimizers.Adam().setup(model), F.softmax_cross_entropy, x, t)
 
 
 def make_torch(x, t):
@@ -60,16 +52,7 @@ def make_torch(x, t):
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
-    opt = torch.optim.Adam(model.parameters())
-    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-
-    def step():
-        loss = nn.functional.cross_entropy(model(xt), tt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-    return step
+    return torch_train_step(model, torch.optim.Adam(model.parameters()), x, t)
 
 
 def bench_step(rounds, repeat, threads):

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 import mini_dl  # noqa: E402
 import mini_dl.functions as F  # noqa: E402
 from mini_dl import models, optimizers  # noqa: E402
-from bench import HandMLP, interleaved, options, report  # noqa: E402（同じフォルダの bench.py）
+from bench import HandMLP, interleaved, options, report, torch_train_step, train_step  # noqa: E402（同じフォルダの bench.py）
 
 try:
     import torch
@@ -84,15 +84,7 @@ def make_mini_dl(params, x, t):
     model(x[:1])
     for layer, (W, b) in zip(model.layers, params):
         layer.W.data, layer.b.data = W.copy(), b.copy()
-    opt = optimizers.SGD(lr=LR).setup(model)
-
-    def step():
-        loss = F.softmax_cross_entropy(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        opt.update()
-        return loss
-    return step
+    return train_step(model, optimizers.SGD(lr=LR).setup(model), F.softmax_cross_entropy, x, t)
 
 
 def make_torch(params, x, t):
@@ -104,16 +96,7 @@ def make_torch(params, x, t):
             lin.bias.copy_(torch.from_numpy(b))
         layers += [lin, torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers[:-1])
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(xt), tt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-    return step
+    return torch_train_step(model, torch.optim.SGD(model.parameters(), lr=LR), x, t)
 
 
 def _jax_loss(params, x, t):
@@ -161,15 +144,7 @@ def make_dezero(params, x, t, mode):
         layer.W.data = W.astype(np.float64) if mode == "shipped" else W.copy()
         layer.b.data = b.copy()
     sce = _sce32() if mode == "float32" else DF.softmax_cross_entropy
-    opt = DO.SGD(lr=LR).setup(model)
-
-    def step():
-        loss = sce(model(x), t)
-        model.cleargrads()
-        loss.backward()
-        opt.update()
-        return loss
-    return step
+    return train_step(model, DO.SGD(lr=LR).setup(model), sce, x, t)
 
 
 def bench_mlp(sizes, x, t, rounds, repeat, eager_jax):

@@ -15,6 +15,15 @@ from mini_dl import cuda
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _smoke(script, tmp_path):
+    """``benchmarks/<script>.py --smoke`` を最後まで動かし、書いた JSON を返します（時間は測りません）。"""
+    out = tmp_path / f"{script}.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), "--smoke", "--json", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
 def test_gpu_benchmark_runs_end_to_end_in_dry_run(tmp_path):
     out = tmp_path / "r.json"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--dry-run", "--out", str(out)],
@@ -38,11 +47,7 @@ def test_gpu_benchmark_without_a_gpu_says_so():
 
 def test_cnn_benchmark_runs_end_to_end(tmp_path):
     # 時間は測らず（--smoke は 1 回ずつ）、スクリプトが最後まで動いて、比べる相手がそろった JSON を書くことだけを確かめます
-    out = tmp_path / "cnn.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cnn.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r = json.loads(out.read_text(encoding="utf-8"))
+    r = _smoke("cnn", tmp_path)
     assert {"CNN step, 1 threads", "conv forward", "conv backward"} <= r.keys()
     assert "mini_dl" in r["CNN step, 1 threads"] and "GEMM col @ W^T" in r["conv forward"]
     assert all(v["median_s"] > 0 for part in r.values() for v in part.values())
@@ -50,22 +55,14 @@ def test_cnn_benchmark_runs_end_to_end(tmp_path):
 
 def test_transformer_benchmark_runs_end_to_end(tmp_path):
     # 時間は測らず、Transformer のブロックと KV キャッシュの生成の測定が最後まで動いて JSON を書くことだけを確かめます
-    out = tmp_path / "transformer.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transformer.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r = json.loads(out.read_text(encoding="utf-8"))
+    r = _smoke("transformer", tmp_path)
     assert {"block fwd+bwd, 1 threads", "generate"} <= r.keys()
     assert "mini_dl" in r["block fwd+bwd, 1 threads"]
 
 
 def test_inference_benchmark_runs_end_to_end(tmp_path):
     # 時間は測らず、mini_dl と onnxruntime の推論の比べ方が最後まで動いて JSON を書くことだけを確かめます（第20章）
-    out = tmp_path / "inference.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r = json.loads(out.read_text(encoding="utf-8"))
+    r = _smoke("inference", tmp_path)
     assert {"MLP batch 1", "CNN batch 2048", "GPT batch 64"} <= r.keys()
     assert {"mini_dl", "ORT (no opt)", "ORT (all opt)"} <= r["MLP batch 1"].keys()
     assert all(v["median_s"] > 0 for part in r.values() for v in part.values())
@@ -73,11 +70,7 @@ def test_inference_benchmark_runs_end_to_end(tmp_path):
 
 def test_ecosystem_benchmark_runs_end_to_end(tmp_path):
     # 時間は測らず、mini_dl・手書きの NumPy・JAX・DeZero（と、入っていれば PyTorch）の比べ方が最後まで動くことだけを確かめます（第22章）
-    out = tmp_path / "ecosystem.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ecosystem.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r = json.loads(out.read_text(encoding="utf-8"))
+    r = _smoke("ecosystem", tmp_path)
     assert {"MLP 784-100-10", "MLP 784-1000-1000-10", "x + x forward"} <= r.keys()
     assert {"hand NumPy", "mini_dl", "JAX (jit)", "DeZero float32"} <= r["MLP 784-100-10"].keys()
     assert all(v["median_s"] > 0 for part in r.values() for v in part.values())
