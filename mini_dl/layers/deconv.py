@@ -3,12 +3,10 @@ import numpy as np
 
 import mini_dl.functions as F
 from mini_dl import initializers
-from mini_dl.core import Parameter
-from mini_dl.functions.conv import pair
-from mini_dl.layers.base import Layer
+from mini_dl.layers.conv import _ConvLayer
 
 
-class Deconv2d(Layer):
+class Deconv2d(_ConvLayer):
     r"""転置畳み込みの層 :math:`y = \mathrm{deconv2d}(x, W) + b`。画像を縦横 ``stride`` 倍ほどに大きくします。
 
     重み :math:`W` は ``(C, OC, KH, KW)`` の形で持ちます（``Conv2d`` の ``(OC, C, KH, KW)`` と最初の 2 軸が逆で、
@@ -36,28 +34,12 @@ class Deconv2d(Layer):
 
     def __init__(self, out_channels, kernel_size, *, stride=1, pad=0, outsize=None, nobias=False,
                  in_channels=None, dtype=np.float32, initializer=initializers.lecun_normal, seed=None):
-        super().__init__()
-        self.out_channels = out_channels
-        self.kernel_size = pair(kernel_size)
-        self.stride = stride
-        self.pad = pad
+        super().__init__(out_channels, kernel_size, stride, pad, nobias, in_channels, dtype, initializer, seed)
         self.outsize = outsize
-        self.in_channels = in_channels
-        self.dtype = dtype
-        self.initializer = initializer
-        self.rng = np.random.default_rng(seed)
-        self.W = Parameter(None, name="W")
-        self.b = None if nobias else Parameter(np.zeros(out_channels, dtype=dtype), name="b")
-        if in_channels is not None:
-            self._init_W()
 
-    def _init_W(self):
-        shape = (self.in_channels, self.out_channels) + self.kernel_size  # (C, OC, KH, KW)
-        self.W.data = self.initializer(shape, self.rng, self.dtype)
+    def _weight_shape(self):
+        return (self.in_channels, self.out_channels) + self.kernel_size  # (C, OC, KH, KW)
 
     def forward(self, x):
-        if self.W.data is None:  # 最初の入力から C を決めて W を作り、入力と同じ装置（CPU か GPU）へ
-            self.in_channels = x.shape[1]
-            self._init_W()
-            self._follow_device(x)
+        self._prepare(x)
         return F.deconv2d(x, self.W, self.b, stride=self.stride, pad=self.pad, outsize=self.outsize)
