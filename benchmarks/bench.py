@@ -181,6 +181,13 @@ def options(doc, rounds):
     return args, 1 if args.smoke else 7 if args.quick else rounds
 
 
+def save(results, path):
+    """結果を JSON に書きます（``path`` が ``None`` なら何もしません。``--json`` を省いたとき）。"""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, ensure_ascii=False, indent=1)
+
+
 def main():
     args, rounds = options(__doc__, 15)
     if torch is not None:
@@ -198,9 +205,7 @@ def main():
     base = "PyTorch" if torch is not None else "NumPy"
     results["x + x forward"] = report("演算 1 回のオーバーヘッド: x + x の順伝播（要素 1 個）", fwd, base)
     results["x + x forward+backward"] = report("x + x の順伝播+逆伝播（要素 1 個）", fb, base)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=1)
+    save(results, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # OpenBLAS と PyTorch のスレッドが取り合わないように
 
-import json  # noqa: E402
 import platform  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -33,7 +32,7 @@ import mini_dl  # noqa: E402
 import mini_dl.functions as F  # noqa: E402
 from mini_dl import Variable, optimizers  # noqa: E402
 from mini_dl.models import CNN  # noqa: E402
-from bench import interleaved, options, report, torch_train_step, train_step  # noqa: E402（同じフォルダの bench.py）
+from bench import interleaved, options, report, save, torch_train_step, train_step  # noqa: E402（同じフォルダの bench.py）
 
 try:
     import torch
@@ -121,9 +120,7 @@ def main():
                                      fwd, "GEMM col @ W^T")
     results["conv backward"] = report("同じ畳み込みの逆伝播（入力と重みとバイアスの勾配）、1 スレッド", bwd,
                                       "GEMM gy W + col^T gy")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=1)
+    save(results, args.json)
 
 
 if __name__ == "__main__":

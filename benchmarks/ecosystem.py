@@ -23,7 +23,6 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # OpenBLAS と PyTorch のスレッドが取り合わないように
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
-import json  # noqa: E402
 import platform  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -32,7 +31,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 import mini_dl  # noqa: E402
 import mini_dl.functions as F  # noqa: E402
 from mini_dl import models, optimizers  # noqa: E402
-from bench import HandMLP, interleaved, options, report, torch_train_step, train_step  # noqa: E402（同じフォルダの bench.py）
+from bench import HandMLP, interleaved, options, report, save, torch_train_step, train_step  # noqa: E402（同じフォルダの bench.py）
 
 try:
     import torch
@@ -199,9 +198,7 @@ def main():
             results[name] = report(f"{name}（バッチ 100、1 ステップ）", times, base)
         results["x + x forward"] = report("演算 1 回のオーバーヘッド: x + x の順伝播（要素 1 個）",
                                           bench_overhead(rounds, 10 if args.smoke else 5000), "NumPy")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=1)
+    save(results, args.json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@
 mini_dl と onnxruntime を少しずつ交互に測り（interleave）、中央値で比べます。スレッド数は両方 1 にそろえます
 （mini_dl の NumPy は threadpoolctl で、onnxruntime は ``intra_op_num_threads`` で）。書き出したファイルは一時ディレクトリに置きます。
 """
-import json
 import os
 import platform
 import tempfile
@@ -27,7 +26,7 @@ import mini_dl
 import mini_dl.functions as F
 import mini_dl.onnx
 from mini_dl.models import CNN, GPT, MLP
-from bench import interleaved, options, report  # 同じフォルダの bench.py
+from bench import interleaved, options, report, save  # 同じフォルダの bench.py
 
 
 def models(rng):
@@ -81,9 +80,7 @@ def main():
                 key = f"{name} {label}"
                 results[key] = report(f"{name} の推論（{label}、1 回の時間。スループットは {n} を時間で割ったもの）",
                                       times, "ORT (all opt)")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=1)
+    save(results, args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # OpenBLAS と PyTorch のスレッドが取り合わないように
 
-import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 
@@ -32,7 +31,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 import mini_dl  # noqa: E402
 import mini_dl.layers as L  # noqa: E402
 from mini_dl import Variable, gpt, models  # noqa: E402
-from bench import interleaved, options, report  # noqa: E402（同じフォルダの bench.py）
+from bench import interleaved, options, report, save  # noqa: E402（同じフォルダの bench.py）
 
 try:
     import torch
@@ -131,9 +130,7 @@ def main():
     gen = bench_generate(1 if args.smoke else 3 if args.quick else 5, 20 if args.smoke else 200)
     results["generate"] = report("GPT（文脈 256）で 200 トークンの生成（貪欲法、1 スレッド。結果は同じ）", gen, "KV cache")
     print(f"  （生成の測定 {time.perf_counter() - start:.1f} 秒）")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, ensure_ascii=False, indent=1)
+    save(results, args.json)
 
 
 if __name__ == "__main__":
