@@ -10,12 +10,14 @@
 * CNN の学習 1 ステップ（順伝播・逆伝播・Adam の更新）: 畳み込み 1→16（3×3、パディング 1）→ ReLU →
   最大プーリング 2 → 畳み込み 16→32（3×3、パディング 1）→ ReLU → 最大プーリング 2 → 全結合 10、
   バッチ 32 の 1×28×28、float32。mini_dl は ``models.CNN``、PyTorch は同じ形の ``nn.Sequential`` です。
+  「mini_dl (NumPy only)」は、並列カーネルと配列の使い回し（第15章の 15.9 節）をやめた同じモデルです。
 * 2 つ目の畳み込み（入力 (32, 16, 14, 14)）の順伝播と逆伝播を、それぞれの行列積だけの時間（GEMM の下限）と比べます。
   順伝播の行列積は ``col @ W^T`` の 1 回、逆伝播は ``gy W``（入力の勾配）と ``col^T gy``（重みの勾配）の 2 回です。
   下限との差が、im2col・col2im・並べ替え・Python の処理の分です。
 
 実装ごとに少しずつ交互に測り（interleave）、中央値で比べます。スレッド数は両方を同じにそろえ（NumPy の
-OpenBLAS は threadpoolctl で、PyTorch は ``torch.set_num_threads`` で）、1 スレッドと CPU のコア数の両方で測ります。
+OpenBLAS は threadpoolctl で、mini_dl の並列カーネル（numba）は ``mini_dl.functions.cpu.set_num_threads`` で、
+PyTorch は ``torch.set_num_threads`` で）、1 スレッドと CPU のコア数の両方で測ります。
 ほかの処理で混んだ機械では、2 スレッドの測定は大きく揺れます（スレッドが待ち合わせで CPU を使い続けるため）。
 畳み込み 1 つの測定は 1 スレッドです。
 """
@@ -31,6 +33,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 import mini_dl  # noqa: E402
 import mini_dl.functions as F  # noqa: E402
 from mini_dl import Variable, optimizers  # noqa: E402
+from mini_dl.functions import cpu  # noqa: E402
 from mini_dl.models import CNN  # noqa: E402
 from bench import interleaved, options, report, save, torch_train_step, train_step  # noqa: E402（同じフォルダの bench.py）
 
@@ -43,6 +46,22 @@ except ImportError:
 def make_mini_dl(x, t):
     model = CNN((16, 32), 10, seed=0)
     return train_step(model, optimizers.Adam().setup(model), F.softmax_cross_entropy, x, t)
+
+
+def numpy_only(step):
+    """並列カーネルと配列の使い回し（第15章の 15.9 節）をやめて ``step`` を呼ぶ関数を返します（NumPy だけの版）。"""
+    def run():
+        before = os.environ.get("MINI_DL_PARALLEL")
+        os.environ["MINI_DL_PARALLEL"], cpu.workspace.enabled = "0", False
+        try:
+            return step()
+        finally:
+            cpu.workspace.enabled = True
+            if before is None:
+                del os.environ["MINI_DL_PARALLEL"]
+            else:
+                os.environ["MINI_DL_PARALLEL"] = before
+    return run
 
 
 def make_torch(x, t):
@@ -59,10 +78,11 @@ def bench_step(rounds, repeat, threads):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 1, 28, 28)).astype(np.float32)
     t = rng.integers(0, 10, size=32)
-    contenders = {"mini_dl": make_mini_dl(x, t)}
+    contenders = {"mini_dl": make_mini_dl(x, t), "mini_dl (NumPy only)": numpy_only(make_mini_dl(x, t))}
     if torch is not None:
         contenders["PyTorch"] = make_torch(x, t)
     with threadpool_limits(threads):  # NumPy の BLAS（OpenBLAS）のスレッド数
+        cpu.set_num_threads(threads)  # mini_dl の並列カーネルのスレッド数
         if torch is not None:
             torch.set_num_threads(threads)
         return interleaved(contenders, rounds, repeat)
@@ -75,7 +95,8 @@ def bench_conv(rounds, repeat):
     W = Variable((rng.standard_normal((32, 16, 3, 3)) * 0.1).astype(np.float32))
     b = Variable(np.zeros(32, dtype=np.float32))
     gy = Variable(rng.standard_normal((32, 32, 14, 14)).astype(np.float32))
-    col = F.im2col_array(x.data, 3, 1, 1)  # (N*OH*OW, C*KH*KW) = (6272, 144)
+    # (N*OH*OW, C*KH*KW) = (6272, 144)。逆伝播が使い終わって置き場（workspace）へ返さないように、コピーを持つ
+    col = np.ascontiguousarray(F.im2col_array(x.data, 3, 1, 1).T).T
     Wm = W.data.reshape(32, -1)  # (OC, C*KH*KW) = (32, 144)
     gy2 = np.ascontiguousarray(gy.data.transpose(0, 2, 3, 1)).reshape(-1, 32)  # (N*OH*OW, OC) = (6272, 32)
     y = F.conv2d(x, W, b, 1, 1)
@@ -113,6 +134,7 @@ def main():
         results[f"CNN step, {threads} threads"] = report(
             f"CNN の学習 1 ステップ（バッチ 32、1×28×28、Adam、{threads} スレッド）", step, base)
     with threadpool_limits(1):
+        cpu.set_num_threads(1)
         if torch is not None:
             torch.set_num_threads(1)
         fwd, bwd = bench_conv(rounds, 5 if args.quick else 20)

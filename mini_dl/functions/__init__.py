@@ -8,7 +8,9 @@
 * ``nn``: 活性化関数・全結合・ソフトマックス・ドロップアウト（第9章・第11章）
 * ``loss``: 損失関数と正解率（第9章・第11章）
 * ``norm``: 正規化（第11章）
-* ``conv``: 畳み込み・プーリング・im2col（第15章）
+* ``conv``: 畳み込み・im2col・col2im（第15章）
+* ``pooling``: 最大プーリング・平均プーリング（第15章）
+* ``cpu``・``parallel``: CPU の並列カーネル（numba）と、大きな配列の使い回し（第15章）
 * ``operators``: ``Variable`` に演算子を取り付ける ``setup_variable``（第8章）
 * ``deconv``: 転置畳み込み ``deconv2d``（第16章）
 * ``attention``: 埋め込み・層正規化・GELU・スケール付き内積注意（第18章）
@@ -106,9 +108,6 @@ from mini_dl.functions.norm import (  # noqa: F401
     BatchNorm,
 )
 from mini_dl.functions.conv import (  # noqa: F401
-    average_pooling,
-    average_pooling_simple,
-    AveragePooling,
     Col2im,
     col2im_array,
     conv2d,
@@ -119,10 +118,15 @@ from mini_dl.functions.conv import (  # noqa: F401
     im2col,
     im2col_array,
     Im2col,
+    pair,
+)
+from mini_dl.functions.pooling import (  # noqa: F401
+    average_pooling,
+    average_pooling_simple,
+    AveragePooling,
     max_pooling,
     max_pooling_simple,
     MaxPooling,
-    pair,
 )
 from mini_dl.functions.operators import (  # noqa: F401
     setup_variable,

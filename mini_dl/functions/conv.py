@@ -1,4 +1,4 @@
-r"""畳み込みとプーリング（第15章）: im2col・col2im、``conv2d``、``max_pooling``、``average_pooling``。
+r"""畳み込み（第15章）: im2col・col2im、``conv2d``（プーリングは ``pooling``）。
 
 画像は (N, C, H, W)（バッチ・チャンネル・高さ・幅）、畳み込みの重みは (OC, C, KH, KW) です。
 窓を並べた「列」（col）は 2 つの形で使います。
@@ -11,8 +11,9 @@ r"""畳み込みとプーリング（第15章）: im2col・col2im、``conv2d``�
 import numpy as np
 
 from mini_dl import cuda
-from mini_dl.core import Function, Variable
-from mini_dl.functions.tensor import matmul, max, mean, reshape, sum, transpose
+from mini_dl.core import Config, Function, Variable
+from mini_dl.functions.cpu import parallel_kernels, workspace
+from mini_dl.functions.tensor import matmul, reshape, sum, transpose
 
 
 # --- 道具: 大きさの計算と im2col・col2im（配列の計算） -------------------------------------------
@@ -75,8 +76,9 @@ def im2col_array(x, kernel_size, stride, pad, to_matrix=True, pad_value=0):
     r"""画像 ``x`` から、畳み込みの窓をすべて切り出して並べます（im2col、配列の計算）。
 
     NumPy では ``sliding_window_view`` で窓のビューを作り（コピーなし）、並べ替えで 1 回だけコピーします。
+    numba があれば、同じコピーを並列のカーネルで複数のコアに分けます（15.9 節、結果は同じ）。
     GPU（CuPy）では、窓の中の位置 (i, j) ごと（KH×KW 回）にストライド付きのスライスを取って積み重ねます。
-    どちらも画素についての Python のループはありません。
+    どれも画素についての Python のループはありません。NumPy の行列は、使い回しの置き場（``workspace``）から受け取ります。
 
     ``to_matrix=True`` の行列は、記憶の上では (C*KH*KW, N*OH*OW) の順（1 行が窓の中の 1 か所 (c, i, j) の値を
     全出力ぶん並べたもの）に作り、その転置のビューを返します。行の内側に画像の横方向が連続して並ぶので、
@@ -100,14 +102,21 @@ def im2col_array(x, kernel_size, stride, pad, to_matrix=True, pad_value=0):
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(pad)
     oh, ow = _outsize(x.shape, kh, kw, sh, sw, ph, pw)
+    if xp is np and to_matrix:
+        col = workspace.take((C * kh * kw, N * oh * ow), x.dtype)  # (C*KH*KW, N*OH*OW)
+        kernels = parallel_kernels(x) if pad_value == 0 else None
+        if kernels is not None:  # 並列のカーネル（パディングもカーネルの中で）
+            kernels.im2col_kernel(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, col)
+            return col.T  # -> (N*OH*OW, C*KH*KW) のビュー
     xpad = _pad(x, pad, pad_value)  # (N, C, H, W) -> (N, C, H+2PH, W+2PW)
     if xp is np:
         win = np.lib.stride_tricks.sliding_window_view(xpad, (kh, kw), axis=(2, 3))  # -> (N, C, H', W', KH, KW) のビュー
         win = win[:, :, :sh * (oh - 1) + 1:sh, :sw * (ow - 1) + 1:sw]  # ストライドで間引く -> (N, C, OH, OW, KH, KW)
         if not to_matrix:
             return win.copy()  # ビューのままだと x と記憶を共有するのでコピーする
-        # (N, C, OH, OW, KH, KW) -> (C, KH, KW, N, OH, OW) -> (C*KH*KW, N*OH*OW)（ここで 1 回だけコピー）
-        return win.transpose(1, 4, 5, 0, 2, 3).reshape(C * kh * kw, N * oh * ow).T  # -> (N*OH*OW, C*KH*KW) のビュー
+        # (N, C, OH, OW, KH, KW) -> (C, KH, KW, N, OH, OW) の並びで col へ（ここで 1 回だけコピー）
+        col.reshape(C, kh, kw, N, oh, ow)[...] = win.transpose(1, 4, 5, 0, 2, 3)
+        return col.T  # -> (N*OH*OW, C*KH*KW) のビュー
     slices = [xpad[s] for _, _, s in _window_slices(x.shape, kernel_size, stride, pad)]  # KH*KW 個の (N, C, OH, OW)
     if not to_matrix:
         return xp.stack(slices, axis=-1).reshape(N, C, oh, ow, kh, kw)  # (N, C, OH, OW, KH*KW) -> (..., KH, KW)
@@ -134,6 +143,11 @@ def col2im_array(col, x_shape, kernel_size, stride, pad, to_matrix=True):
     N, C, H, W = x_shape
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(pad)
     oh, ow = _outsize(x_shape, kh, kw, sh, sw, ph, pw)
+    kernels = parallel_kernels(col) if to_matrix else None
+    if kernels is not None:  # 並列のカーネルで (N, C, H, W) の並びに足し戻す（足す順は下と同じ）
+        img = np.zeros(x_shape, dtype=col.dtype)
+        kernels.col2im_kernel(np.ascontiguousarray(col.T), kh, kw, sh, sw, ph, pw, img)
+        return img
     if to_matrix:
         # 行列の記憶の並び (C, KH, KW, N, OH, OW) に合わせて、画像も (C, N, H, W) の並びで作る（足し算が連続した読み書きになる）
         col = col.T.reshape(C, kh, kw, N, oh, ow)  # (N*OH*OW, C*KH*KW) -> (C*KH*KW, N*OH*OW) -> (C, KH, KW, N, OH, OW)
@@ -200,7 +214,7 @@ class Conv2d(Function):
 
     im2col で窓を (N*OH*OW, C*KH*KW) の行列に並べ、重み (OC, C*KH*KW) との行列積 1 回で計算します。
     行列積は :math:`W \cdot col^\top`（(OC, N*OH*OW)）の向きに計算し、その並べ替えのビューを (N, OC, OH, OW) として返します。
-    順伝播で作った行列 ``col`` は、重みの勾配のために逆伝播まで取っておきます。
+    順伝播で作った行列 ``col`` は、重みの勾配のために逆伝播まで取っておき、使い終わったら置き場（``workspace``）へ返します。
 
     Args:
         stride: ストライド（int か (SH, SW)）。
@@ -223,13 +237,18 @@ class Conv2d(Function):
         y = W.reshape(OC, -1) @ col.T  # (OC, C*KH*KW) @ (C*KH*KW, N*OH*OW) -> (OC, N*OH*OW)
         if b is not None:
             y += b[:, None]  # (OC,) -> (OC, 1)
-        self.col = col
+        self.col = col if Config.enable_backprop else workspace.give(col)  # 逆伝播しないなら、すぐ返す
         return y.reshape(OC, N, oh, ow).transpose(1, 0, 2, 3)  # -> (OC, N, OH, OW) -> (N, OC, OH, OW)（ビュー）
+
+    def __del__(self):  # 逆伝播せずに捨てられるとき（評価だけのとき）も、行列を置き場へ返す
+        if getattr(self, "col", None) is not None:
+            workspace.give(self.col)
 
     def backward(self, gy):
         x, W = self.inputs[:2]
         gx = _Conv2dGradX(x.shape, self.stride, self.pad)(gy, W) if self.needs_gx else None
-        gW = _Conv2dGradW(W.shape, self.stride, self.pad, self.col)(x, gy)
+        col, self.col = self.col, None  # col は 1 回だけ使う（2 回目の逆伝播では im2col からやり直す）
+        gW = _Conv2dGradW(W.shape, self.stride, self.pad, col)(x, gy)
         if len(self.inputs) == 2:
             return gx, gW
         return gx, gW, sum(gy, axis=(0, 2, 3))  # (N, OC, OH, OW) -> (OC,)
@@ -244,8 +263,11 @@ class _Conv2dGradX(Function):
     def forward(self, gy, W):
         OC, C, KH, KW = W.shape
         gyT = gy.transpose(1, 0, 2, 3).reshape(OC, -1)  # (N, OC, OH, OW) -> (OC, N, OH, OW) -> (OC, N*OH*OW)
-        gcolT = W.reshape(OC, -1).T @ gyT  # (C*KH*KW, OC) @ (OC, N*OH*OW) -> (C*KH*KW, N*OH*OW)
-        return col2im_array(gcolT.T, self.x_shape, (KH, KW), self.stride, self.pad)  # -> (N, C, H, W)
+        gcolT = workspace.take((C * KH * KW, gyT.shape[1]), gy.dtype, cuda.get_array_module(gy))
+        cuda.get_array_module(gy).matmul(W.reshape(OC, -1).T, gyT, out=gcolT)  # (C*KH*KW, OC) @ (OC, N*OH*OW)
+        gx = col2im_array(gcolT.T, self.x_shape, (KH, KW), self.stride, self.pad)  # -> (N, C, H, W)
+        workspace.give(gcolT)
+        return gx
 
     def backward(self, ggx):
         gy, W = self.inputs
@@ -263,9 +285,11 @@ class _Conv2dGradW(Function):
     def forward(self, x, gy):
         OC, C, KH, KW = self.W_shape
         col = self.col if self.col is not None else im2col_array(x, (KH, KW), self.stride, self.pad)
-        self.col = None  # 使い終わった行列を手放す
+        self.col = None
         gyT = gy.transpose(1, 0, 2, 3).reshape(OC, -1)  # (N, OC, OH, OW) -> (OC, N, OH, OW) -> (OC, N*OH*OW)
-        return (gyT @ col).reshape(self.W_shape)  # (OC, N*OH*OW) @ (N*OH*OW, C*KH*KW) -> (OC, C, KH, KW)
+        gW = (gyT @ col).reshape(self.W_shape)  # (OC, N*OH*OW) @ (N*OH*OW, C*KH*KW) -> (OC, C, KH, KW)
+        workspace.give(col)  # 使い終わった行列を置き場へ返す
+        return gW
 
     def backward(self, ggW):
         x, gy = self.inputs
@@ -307,189 +331,3 @@ def conv2d_simple(x, W, b=None, stride=1, pad=0):
     if b is not None:
         y = y + b
     return transpose(reshape(y, (N, oh, ow, OC)), (0, 3, 1, 2))  # -> (N, OH, OW, OC) -> (N, OC, OH, OW)
-
-
-# --- プーリング --------------------------------------------------------------------------------
-
-def _pool_args(kernel_size, stride, pad):
-    """プーリングの (kernel_size, stride, pad) をそろえます。``stride`` を省くと ``kernel_size`` です（PyTorch と同じ）。"""
-    kernel_size = pair(kernel_size)
-    return kernel_size, pair(kernel_size if stride is None else stride), pair(pad)
-
-
-def _max_pooling_2x2(x):
-    """重ならない 2×2 の最大プーリングの、最大値と位置 k（同点なら先の位置）を返します。
-
-    窓の 4 つの値 a b / c d を、まず a と b、c と d で比べ、勝ったもの同士を比べます。
-    順に 4 つを比べるより、位置の計算が少なくて済みます（NumPy の ``where`` は遅いので、bool の演算で選びます）。
-    """
-    xp = cuda.get_array_module(x)
-    oh, ow = x.shape[2] // 2, x.shape[3] // 2  # 奇数の端は、どの窓にも入らない
-    a, b = x[:, :, 0:2 * oh:2, 0:2 * ow:2], x[:, :, 0:2 * oh:2, 1:2 * ow:2]  # 窓の上の段 (N, C, OH, OW)
-    c, d = x[:, :, 1:2 * oh:2, 0:2 * ow:2], x[:, :, 1:2 * oh:2, 1:2 * ow:2]  # 窓の下の段
-    ab, cd = xp.maximum(a, b), xp.maximum(c, d)
-    lower = cd > ab  # 下の段の勝者が真に大きいときだけ下の段（同点なら先の上の段）
-    right = (lower & (d > c)) | (~lower & (b > a))  # 勝った段の中で、右が真に大きいか（where より速い）
-    y = xp.empty(ab.shape, dtype=x.dtype)  # 結果は C の並びに（x が並べ替えたビューでも。逆伝播の読み書きがそろって速い）
-    idx = xp.empty(ab.shape, dtype=np.int16)
-    xp.maximum(ab, cd, out=y)
-    xp.add(lower * np.int16(2), right, out=idx)  # 位置 k = 2*段 + 列 (N, C, OH, OW)
-    return y, idx
-
-
-class MaxPooling(Function):
-    """最大プーリング: 窓ごとの最大値を取ります。パディングには ``-inf`` を詰めます（PyTorch と同じ）。
-
-    窓を並べた配列（im2col）は作らず、窓の中の位置 (i, j) ごと（KH×KW 回）のスライスを順に比べて、
-    最大値と、それが窓の中のどの位置か（``indexes``、同点なら先の位置）を求めます。
-    逆伝播では、勾配をその位置にだけ戻します。
-
-    Shape:
-        x: (N, C, H, W) -> y: (N, C, OH, OW)
-    """
-
-    def __init__(self, kernel_size, stride=None, pad=0):
-        self.args = _pool_args(kernel_size, stride, pad)
-
-    def forward(self, x):
-        xp = cuda.get_array_module(x)
-        if self.args == ((2, 2), (2, 2), (0, 0)):  # いちばんよく使う 2×2 は、2 つずつの比べ合い（トーナメント）で速く
-            y, self.indexes = _max_pooling_2x2(x)
-            return y
-        xpad = _pad(x, self.args[2], -np.inf)  # (N, C, H, W) -> (N, C, H+2PH, W+2PW)
-        y = idx = None
-        for k, (_, _, s) in enumerate(_window_slices(x.shape, *self.args)):
-            v = xpad[s]  # 窓の (i, j) の位置の値 (N, C, OH, OW)
-            if y is None:
-                y, idx = v.copy(), xp.zeros(v.shape, dtype=np.int16)
-            else:
-                better = v > y  # 真に大きいときだけ更新する（同点なら先の位置のまま）
-                xp.maximum(y, v, out=y)  # y と idx はここで作った配列なので、その場で書き換える
-                idx += better * (idx.dtype.type(k) - idx)  # better なら k に、そうでなければそのまま（where より速い）
-        self.indexes = idx  # (N, C, OH, OW): 窓の中の最大値の位置 k = i*KW + j
-        return y
-
-    def backward(self, gy):
-        return _MaxPoolingGrad(self.args, self.inputs[0].shape, self.indexes)(gy)
-
-
-class _MaxPoolingGrad(Function):
-    """最大プーリングの逆伝播: ``gy`` を窓の最大値の位置に足し戻します（gy について線形）。"""
-
-    def __init__(self, args, x_shape, indexes):
-        self.args, self.x_shape, self.indexes = args, tuple(x_shape), indexes
-
-    def forward(self, gy):
-        xp = cuda.get_array_module(gy)
-        N, C, H, W = self.x_shape
-        ph, pw = self.args[2]
-        img = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)  # パディングを含めた画像
-        (kh, kw), (sh, sw), _ = self.args
-        overlap = sh < kh or sw < kw  # 窓が重なるなら、同じ画素に何回も足す
-        for k, (_, _, s) in enumerate(_window_slices(self.x_shape, *self.args)):
-            if overlap:
-                img[s] += gy * (self.indexes == k)  # 最大値が (i, j) にあった窓の gy だけ（bool を掛ける）
-            else:  # 重ならなければ、どの画素も 1 回しか書かないので、掛け算の結果をその場所へ直接書く
-                xp.multiply(gy, self.indexes == k, out=img[s])
-        return img[:, :, ph:ph + H, pw:pw + W]  # パディングを落とす -> (N, C, H, W)
-
-    def backward(self, ggx):
-        return _MaxPoolingPick(self.args, self.x_shape, self.indexes)(ggx)
-
-
-class _MaxPoolingPick(Function):
-    """窓ごとに、覚えておいた位置 ``indexes`` の値を取り出します（``_MaxPoolingGrad`` の転置。2 階微分に使います）。"""
-
-    def __init__(self, args, x_shape, indexes):
-        self.args, self.x_shape, self.indexes = args, tuple(x_shape), indexes
-
-    def forward(self, x):
-        xp = cuda.get_array_module(x)
-        xpad = _pad(x, self.args[2])  # (N, C, H, W) -> (N, C, H+2PH, W+2PW)
-        y = xp.zeros(self.indexes.shape, dtype=x.dtype)  # (N, C, OH, OW)
-        for k, (_, _, s) in enumerate(_window_slices(self.x_shape, *self.args)):
-            y = xp.where(self.indexes == k, xpad[s], y)
-        return y
-
-    def backward(self, gy):
-        return _MaxPoolingGrad(self.args, self.x_shape, self.indexes)(gy)
-
-
-class AveragePooling(Function):
-    """平均プーリング: 窓ごとの平均を取ります。パディングの 0 も数に入れます（PyTorch の既定と同じ）。
-
-    最大プーリングと同じく、窓の中の位置 (i, j) ごとのスライスを足し合わせ、窓の大きさ KH*KW で割ります。
-
-    Shape:
-        x: (N, C, H, W) -> y: (N, C, OH, OW)
-    """
-
-    def __init__(self, kernel_size, stride=None, pad=0):
-        self.args = _pool_args(kernel_size, stride, pad)
-
-    def forward(self, x):
-        (kh, kw), _, pad = self.args
-        xpad = _pad(x, pad)  # (N, C, H, W) -> (N, C, H+2PH, W+2PW)
-        y = None
-        for _, _, s in _window_slices(x.shape, *self.args):
-            y = xpad[s].copy() if y is None else y + xpad[s]  # (N, C, OH, OW)
-        y /= x.dtype.type(kh * kw)
-        return y
-
-    def backward(self, gy):
-        return _AveragePoolingGrad(self.args, self.inputs[0].shape)(gy)
-
-
-class _AveragePoolingGrad(Function):
-    """平均プーリングの逆伝播: ``gy / (KH*KW)`` を窓のすべての位置に足し戻します。"""
-
-    def __init__(self, args, x_shape):
-        self.args, self.x_shape = args, tuple(x_shape)
-
-    def forward(self, gy):
-        xp = cuda.get_array_module(gy)
-        N, C, H, W = self.x_shape
-        (kh, kw), _, (ph, pw) = self.args
-        g = gy / gy.dtype.type(kh * kw)  # (N, C, OH, OW)
-        img = xp.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=gy.dtype)
-        for _, _, s in _window_slices(self.x_shape, *self.args):
-            img[s] += g
-        return img[:, :, ph:ph + H, pw:pw + W]  # -> (N, C, H, W)
-
-    def backward(self, ggx):
-        return AveragePooling(*self.args)(ggx)  # 逆伝播は gy について線形で、その転置は平均プーリング
-
-
-def max_pooling(x, kernel_size, stride=None, pad=0):
-    """最大プーリング（PyTorch の ``F.max_pool2d`` と同じ）。
-
-    Args:
-        x: shape (N, C, H, W) の入力。
-        kernel_size: 窓の大きさ（int か (KH, KW)）。
-        stride: ストライド（int か組。省くと ``kernel_size``）。
-        pad: パディング（int か組。``-inf`` を詰めます）。
-
-    Returns:
-        Variable: shape (N, C, OH, OW) の出力。
-    """
-    return MaxPooling(kernel_size, stride, pad)(x)
-
-
-def max_pooling_simple(x, kernel_size, stride=None, pad=0):
-    """``max_pooling`` の素朴な版: 微分できる ``im2col`` で窓を並べ、``max`` を取ります。"""
-    kernel_size, stride, pad = _pool_args(kernel_size, stride, pad)
-    col = Im2col(kernel_size, stride, pad, to_matrix=False, pad_value=-np.inf)(x)  # (N, C, OH, OW, KH, KW)
-    col = reshape(col, col.shape[:4] + (-1,))  # -> (N, C, OH, OW, KH*KW)
-    return max(col, axis=-1)  # -> (N, C, OH, OW)
-
-
-def average_pooling(x, kernel_size, stride=None, pad=0):
-    """平均プーリング（PyTorch の ``F.avg_pool2d`` と同じ。引数は ``max_pooling`` と同じで、パディングは 0）。"""
-    return AveragePooling(kernel_size, stride, pad)(x)
-
-
-def average_pooling_simple(x, kernel_size, stride=None, pad=0):
-    """``average_pooling`` の素朴な版: 微分できる ``im2col`` で窓を並べ、``mean`` を取ります。"""
-    kernel_size, stride, pad = _pool_args(kernel_size, stride, pad)
-    col = Im2col(kernel_size, stride, pad, to_matrix=False)(x)  # (N, C, OH, OW, KH, KW)
-    return mean(col, axis=(4, 5))  # -> (N, C, OH, OW)
