@@ -11,6 +11,7 @@
   最大プーリング 2 → 畳み込み 16→32（3×3、パディング 1）→ ReLU → 最大プーリング 2 → 全結合 10、
   バッチ 32 の 1×28×28、float32。mini_dl は ``models.CNN``、PyTorch は同じ形の ``nn.Sequential`` です。
   「mini_dl (NumPy only)」は、並列カーネルと配列の使い回し（第15章の 15.9 節）をやめた同じモデルです。
+* 学習 1 ステップあたりのページフォールト（新しく確保したメモリのページに初めて触る回数。Linux と macOS だけ）。
 * 2 つ目の畳み込み（入力 (32, 16, 14, 14)）の順伝播と逆伝播を、それぞれの行列積だけの時間（GEMM の下限）と比べます。
   順伝播の行列積は ``col @ W^T`` の 1 回、逆伝播は ``gy W``（入力の勾配）と ``col^T gy``（重みの勾配）の 2 回です。
   下限との差が、im2col・col2im・並べ替え・Python の処理の分です。
@@ -26,6 +27,8 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # OpenBLAS と PyTorch のスレッドが取り合わないように
 
 import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
@@ -51,16 +54,8 @@ def make_mini_dl(x, t):
 def numpy_only(step):
     """並列カーネルと配列の使い回し（第15章の 15.9 節）をやめて ``step`` を呼ぶ関数を返します（NumPy だけの版）。"""
     def run():
-        before = os.environ.get("MINI_DL_PARALLEL")
-        os.environ["MINI_DL_PARALLEL"], cpu.workspace.enabled = "0", False
-        try:
+        with cpu.numpy_only():
             return step()
-        finally:
-            cpu.workspace.enabled = True
-            if before is None:
-                del os.environ["MINI_DL_PARALLEL"]
-            else:
-                os.environ["MINI_DL_PARALLEL"] = before
     return run
 
 
@@ -88,6 +83,40 @@ def bench_step(rounds, repeat, threads):
         return interleaved(contenders, rounds, repeat)
 
 
+def page_faults(name, n):
+    """``name`` の学習 ``n`` ステップの間のページフォールト（マイナーフォールト）の回数を、1 ステップあたりにして返します。
+
+    ほかの測定でメモリの使い方が変わらないように、新しいプロセスで 1 つずつ測ります（学習だけをする、ふつうのスクリプトと同じ条件）。
+    ``resource`` の無い Windows では ``None`` です。
+    """
+    try:
+        import resource  # noqa: F401（Windows には無い）
+    except ImportError:
+        return None
+    out = subprocess.run([sys.executable, __file__, "--faults", name, str(n)], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def count_faults(name, n):
+    """``page_faults`` が新しいプロセスで呼ぶ本体: ``name`` の学習ステップのページフォールトを数えて表示します。"""
+    import resource
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 1, 28, 28)).astype(np.float32)
+    t = rng.integers(0, 10, size=32)
+    step = {"mini_dl": make_mini_dl, "mini_dl (NumPy only)": lambda x, t: numpy_only(make_mini_dl(x, t)),
+            "PyTorch": make_torch}[name](x, t)
+    with threadpool_limits(1):
+        cpu.set_num_threads(1)
+        if torch is not None:
+            torch.set_num_threads(1)
+        for _ in range(3):  # 温め
+            step()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(n):
+            step()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n)
+
+
 def bench_conv(rounds, repeat):
     """2 つ目の畳み込みの順伝播・逆伝播と、その行列積だけの時間。"""
     rng = np.random.default_rng(0)
@@ -95,7 +124,7 @@ def bench_conv(rounds, repeat):
     W = Variable((rng.standard_normal((32, 16, 3, 3)) * 0.1).astype(np.float32))
     b = Variable(np.zeros(32, dtype=np.float32))
     gy = Variable(rng.standard_normal((32, 32, 14, 14)).astype(np.float32))
-    # (N*OH*OW, C*KH*KW) = (6272, 144)。逆伝播が使い終わって置き場（workspace）へ返さないように、コピーを持つ
+    # (N*OH*OW, C*KH*KW) = (6272, 144)。逆伝播が使い終わって作業領域（workspace）へ返さないように、コピーを持つ
     col = np.ascontiguousarray(F.im2col_array(x.data, 3, 1, 1).T).T
     Wm = W.data.reshape(32, -1)  # (OC, C*KH*KW) = (32, 144)
     gy2 = np.ascontiguousarray(gy.data.transpose(0, 2, 3, 1)).reshape(-1, 32)  # (N*OH*OW, OC) = (6272, 32)
@@ -135,6 +164,13 @@ def main():
             f"CNN の学習 1 ステップ（バッチ 32、1×28×28、Adam、{threads} スレッド）", step, base)
     with threadpool_limits(1):
         cpu.set_num_threads(1)
+        names = ["mini_dl", "mini_dl (NumPy only)"] + (["PyTorch"] if torch is not None else [])
+        faults = {name: page_faults(name, 2 if args.smoke else 20) for name in names}
+        if None not in faults.values():
+            print("\n学習 1 ステップあたりのページフォールト（1 スレッド、それぞれ新しいプロセスで）")
+            for name, f in faults.items():
+                print(f"  {name:26s} {f:9.0f} 回")
+            results["page faults per step"] = faults
         if torch is not None:
             torch.set_num_threads(1)
         fwd, bwd = bench_conv(rounds, 5 if args.quick else 20)
@@ -146,4 +182,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--faults"]:  # page_faults が新しいプロセスで呼ぶ
+        count_faults(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()

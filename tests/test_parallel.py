@@ -1,4 +1,4 @@
-"""CPU の並列カーネル（``mini_dl.functions.parallel``）と、大きな配列の置き場（``Workspace``）のテスト。
+"""CPU の並列カーネル（``mini_dl.functions.parallel``）と、大きな配列の作業領域（``Workspace``）のテスト。
 
 並列カーネルは NumPy の版とビット単位で同じ結果を返すはずです。``MINI_DL_PARALLEL=0`` で NumPy の版に切り替え、
 いろいろな形・ストライド・パディング・並び（転置したビュー）・dtype・NaN と inf で、両方の結果を比べます。
@@ -26,9 +26,8 @@ CASES = [  # (x の shape, kernel, stride, pad)
 
 def both(monkeypatch, f):
     """``f()`` を NumPy の版と並列カーネルの版で実行し、両方の結果を返します。"""
-    monkeypatch.setenv("MINI_DL_PARALLEL", "0")
-    ref = f()
-    monkeypatch.setenv("MINI_DL_PARALLEL", "1")
+    with cpu.numpy_only():
+        ref = f()
     return ref, f()
 
 
@@ -47,8 +46,14 @@ def inputs(shape, dtype, layout, seed=0):
     return x
 
 
-def test_kernels_are_used():
+def test_kernels_are_used(monkeypatch):
     assert cpu.parallel_kernels(np.zeros(2, np.float32)) is not None
+    with cpu.numpy_only():
+        assert cpu.parallel_kernels(np.zeros(2, np.float32)) is None and not cpu.workspace.enabled
+    assert cpu.workspace.enabled
+    monkeypatch.setenv("MINI_DL_PARALLEL", "0")  # 環境変数でも止められる
+    assert cpu.parallel_kernels(np.zeros(2, np.float32)) is None
+    monkeypatch.delenv("MINI_DL_PARALLEL")
     assert cpu.parallel_kernels(np.zeros(2, np.float16)) is None  # numba は float16 を扱わない
     assert cpu.parallel_kernels(np.zeros(2, np.float32).view(np.ndarray), np.zeros(2, np.int64)) is None
 
@@ -105,14 +110,14 @@ def test_cnn_training_step_is_bit_identical(monkeypatch):
 
 
 def test_second_backward_recomputes_the_matrix():
-    # 逆伝播で col を置き場へ返したあと、同じグラフでもう一度逆伝播しても、同じ勾配になる
+    # 逆伝播で col を作業領域へ返したあと、同じグラフでもう一度逆伝播しても、同じ勾配になる
     rng = np.random.default_rng(0)
     x = Variable(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
     W = Variable(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
     y = F.sum(F.conv2d(x, W, None, 1, 1) ** 2)
     y.backward()
     first = W.grad.data.copy()
-    F.conv2d(Variable(rng.standard_normal((2, 3, 6, 6)).astype(np.float32)), W, None, 1, 1)  # 置き場の行列を使い回させる
+    F.conv2d(Variable(rng.standard_normal((2, 3, 6, 6)).astype(np.float32)), W, None, 1, 1)  # 作業領域の行列を使い回させる
     W.cleargrad()
     y.backward()
     same(first, W.grad.data)
@@ -150,3 +155,13 @@ def test_set_num_threads():
         assert cpu.get_num_threads() == 1
     finally:
         cpu.set_num_threads(before)
+
+
+def test_without_numba_everything_falls_back_to_numpy(monkeypatch):
+    monkeypatch.setattr(cpu, "_loaded", False)  # numba が入っていないときと同じ
+    assert cpu.parallel_kernels(np.zeros(2, np.float32)) is None
+    assert cpu.get_num_threads() == 1
+    cpu.set_num_threads(2)  # 何もしない
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    y = F.max_pooling(F.conv2d(x, np.ones((4, 3, 3, 3), np.float32), None, 1, 1), 2)
+    assert y.shape == (2, 4, 3, 3)

@@ -11,7 +11,7 @@ r"""畳み込み（第15章）: im2col・col2im、``conv2d``（プーリング�
 import numpy as np
 
 from mini_dl import cuda
-from mini_dl.core import Config, Function, Variable
+from mini_dl.core import Function, Variable
 from mini_dl.functions.cpu import parallel_kernels, workspace
 from mini_dl.functions.tensor import matmul, reshape, sum, transpose
 
@@ -78,7 +78,7 @@ def im2col_array(x, kernel_size, stride, pad, to_matrix=True, pad_value=0):
     NumPy では ``sliding_window_view`` で窓のビューを作り（コピーなし）、並べ替えで 1 回だけコピーします。
     numba があれば、同じコピーを並列のカーネルで複数のコアに分けます（15.9 節、結果は同じ）。
     GPU（CuPy）では、窓の中の位置 (i, j) ごと（KH×KW 回）にストライド付きのスライスを取って積み重ねます。
-    どれも画素についての Python のループはありません。NumPy の行列は、使い回しの置き場（``workspace``）から受け取ります。
+    どれも画素についての Python のループはありません。NumPy の行列は、作業領域（``workspace``）から受け取ります。
 
     ``to_matrix=True`` の行列は、記憶の上では (C*KH*KW, N*OH*OW) の順（1 行が窓の中の 1 か所 (c, i, j) の値を
     全出力ぶん並べたもの）に作り、その転置のビューを返します。行の内側に画像の横方向が連続して並ぶので、
@@ -214,7 +214,7 @@ class Conv2d(Function):
 
     im2col で窓を (N*OH*OW, C*KH*KW) の行列に並べ、重み (OC, C*KH*KW) との行列積 1 回で計算します。
     行列積は :math:`W \cdot col^\top`（(OC, N*OH*OW)）の向きに計算し、その並べ替えのビューを (N, OC, OH, OW) として返します。
-    順伝播で作った行列 ``col`` は、重みの勾配のために逆伝播まで取っておき、使い終わったら置き場（``workspace``）へ返します。
+    順伝播で作った行列 ``col`` は、重みの勾配のために逆伝播まで取っておき、使い終わったら作業領域（``workspace``）へ返します。
 
     Args:
         stride: ストライド（int か (SH, SW)）。
@@ -237,10 +237,10 @@ class Conv2d(Function):
         y = W.reshape(OC, -1) @ col.T  # (OC, C*KH*KW) @ (C*KH*KW, N*OH*OW) -> (OC, N*OH*OW)
         if b is not None:
             y += b[:, None]  # (OC,) -> (OC, 1)
-        self.col = col if Config.enable_backprop else workspace.give(col)  # 逆伝播しないなら、すぐ返す
+        self.col = col
         return y.reshape(OC, N, oh, ow).transpose(1, 0, 2, 3)  # -> (OC, N, OH, OW) -> (N, OC, OH, OW)（ビュー）
 
-    def __del__(self):  # 逆伝播せずに捨てられるとき（評価だけのとき）も、行列を置き場へ返す
+    def __del__(self):  # 逆伝播せずに捨てられるとき（no_grad の評価など）も、行列を作業領域へ返す
         if getattr(self, "col", None) is not None:
             workspace.give(self.col)
 
@@ -288,7 +288,7 @@ class _Conv2dGradW(Function):
         self.col = None
         gyT = gy.transpose(1, 0, 2, 3).reshape(OC, -1)  # (N, OC, OH, OW) -> (OC, N, OH, OW) -> (OC, N*OH*OW)
         gW = (gyT @ col).reshape(self.W_shape)  # (OC, N*OH*OW) @ (N*OH*OW, C*KH*KW) -> (OC, C, KH, KW)
-        workspace.give(col)  # 使い終わった行列を置き場へ返す
+        workspace.give(col)  # 使い終わった行列を作業領域へ返す
         return gW
 
     def backward(self, ggW):

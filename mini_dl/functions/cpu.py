@@ -4,9 +4,13 @@
   numba が無いとき、環境変数 ``MINI_DL_PARALLEL=0`` のとき、dtype が float32・float64 でないときは ``None`` を返し、
   呼ぶ側は NumPy の版で計算します（結果はどちらもビット単位で同じです）。
 * ``set_num_threads`` / ``get_num_threads``: 並列カーネルのスレッド数（行列積の BLAS のスレッド数とは別）。
-* ``Workspace``: im2col の行列のような大きな一時配列を、使い終わったら取っておき、次に同じ形が要るときに渡します。
+* ``numpy_only``: この中では、並列カーネルと使い回しを止めます（速さや結果を比べるため）。
+* ``Workspace``（作業領域）: im2col の行列のような大きな一時配列を、使い終わったら取っておき、次に同じ形が要るときに渡します。
   毎回新しく確保すると、OS から来たばかりのページに初めて触れるたびにページフォールトが起きて遅くなるからです。
 """
+import contextlib
+import ctypes
+import importlib.metadata
 import os
 import weakref
 
@@ -18,7 +22,7 @@ def parallel_kernels(*arrays):
 
     使えるのは、NumPy の配列（部分クラスや CuPy の配列は除く）で、dtype が float32 か float64 のときです。
     """
-    if os.environ.get("MINI_DL_PARALLEL", "1") == "0":
+    if _numpy_only or os.environ.get("MINI_DL_PARALLEL", "1") == "0":
         return None
     if not all(type(a) is np.ndarray and a.dtype in (np.float32, np.float64) for a in arrays):
         return None
@@ -28,6 +32,7 @@ def parallel_kernels(*arrays):
 
 
 _loaded = None  # まだ読み込んでいなければ None、numba が無ければ False、読み込めばモジュール
+_numpy_only = False  # numpy_only() の中なら True
 
 
 def _load():
@@ -36,8 +41,26 @@ def _load():
         from mini_dl.functions import parallel
     except ImportError:  # numba が入っていない: NumPy の版で計算する
         _loaded = False
-    else:
-        _loaded = parallel
+        return
+    _load_tbb()
+    _loaded = parallel
+
+
+def _load_tbb():
+    """numba のスレッドの仕組みに TBB を使えるように、pip の tbb が入れた libtbb を読み込みます（無ければ何もしません）。
+
+    numba は TBB・OpenMP・workqueue の順に、読み込めるものを使います。OpenMP のスレッドは、仕事を終えても次の仕事を待って
+    CPU を回し続ける（スピンする）ので、NumPy の行列積の OpenBLAS のスレッドと同じコアを取り合い、何倍も遅くなることがあります。
+    TBB のスレッドはすぐに眠るので、取り合いません。pip の tbb はライブラリを Python の ``lib`` フォルダに置き、
+    numba はそこを探さないので、ここで先に読み込んでおきます。
+    """
+    try:
+        dist = importlib.metadata.distribution("tbb")
+        names = ("libtbb.so.12", "libtbb.12.dylib", "tbb12.dll")
+        path = next(dist.locate_file(f) for f in dist.files or () if f.name in names)
+        ctypes.CDLL(str(path))
+    except (importlib.metadata.PackageNotFoundError, StopIteration, OSError):
+        pass  # tbb が無い: numba は OpenMP か workqueue を使う
 
 
 def set_num_threads(n):
@@ -56,7 +79,7 @@ def get_num_threads():
 
 
 class Workspace:
-    """形と dtype ごとに、使い終わった大きな NumPy の配列を取っておいて、次に同じ形が要るときに渡します。
+    """作業領域: 形と dtype ごとに、使い終わった大きな NumPy の配列を取っておいて、次に同じ形が要るときに渡します。
 
     ``take`` で受け取った配列は、使い終わって、ほかのどこからも参照されなくなったときにだけ ``give`` で返します。
     返さなければ、ふつうの配列と同じく捨てられます（返し忘れても、メモリが使い回されないだけです）。
@@ -108,4 +131,16 @@ class Workspace:
         self.nbytes = 0
 
 
-workspace = Workspace()  # 畳み込みが使う、プロセスに 1 つの置き場
+workspace = Workspace()  # 畳み込みが使う、プロセスに 1 つの作業領域
+
+
+@contextlib.contextmanager
+def numpy_only():
+    """この ``with`` の中では、並列カーネルと配列の使い回しを止め、NumPy の版だけで計算します。"""
+    global _numpy_only
+    before = _numpy_only, workspace.enabled
+    _numpy_only, workspace.enabled = True, False
+    try:
+        yield
+    finally:
+        _numpy_only, workspace.enabled = before

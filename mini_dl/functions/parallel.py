@@ -13,8 +13,10 @@ from numba import njit, prange, uint64
 @njit(cache=True)
 def _valid_range(j, s, p, size, out):
     """窓の中の位置 j について、画像の内側に入る出力の位置 b の範囲 [b0, b1)（0 <= b*S - P + j < size）。"""
-    b0 = min(out, max(0, -((j - p) // s)))  # ceil((P - j) / S)
-    b1 = max(b0, min(out, (size - 1 + p - j) // s + 1))
+    b0 = -((j - p) // s)  # ceil((P - j) / S): 画像の左端を読む最初の b
+    b1 = (size - 1 + p - j) // s + 1  # 画像の右端を越えない最後の b の次
+    b0 = 0 if b0 < 0 else b0 if b0 < out else out  # 出力の範囲 0..out に収める
+    b1 = b0 if b1 < b0 else b1 if b1 < out else out
     return b0, b1
 
 
