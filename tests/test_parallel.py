@@ -165,3 +165,19 @@ def test_without_numba_everything_falls_back_to_numpy(monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
     y = F.max_pooling(F.conv2d(x, np.ones((4, 3, 3, 3), np.float32), None, 1, 1), 2)
     assert y.shape == (2, 4, 3, 3)
+
+
+def test_threading_layer_is_tbb_when_installed():
+    # OpenMP のスレッドは待つ間 CPU を回し続け、OpenBLAS のスレッドとコアを取り合うので、tbb があれば TBB を使う
+    import importlib.metadata
+    import os
+
+    import numba
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("tbb が入っていません")
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        pytest.skip("スレッドの仕組みが環境変数で決められています")
+    F.max_pooling(np.zeros((1, 1, 2, 2), np.float32), 2)  # カーネルを動かして、スレッドの仕組みを読み込ませる
+    assert numba.threading_layer() == "tbb"
