@@ -12,7 +12,8 @@
 * onnxruntime は、グラフの最適化なし（``ORT_DISABLE_ALL``）とすべて（``ORT_ENABLE_ALL``）の 2 通り。
 
 mini_dl と onnxruntime を少しずつ交互に測り（interleave）、中央値で比べます。スレッド数は両方 1 にそろえます
-（mini_dl の NumPy は threadpoolctl で、onnxruntime は ``intra_op_num_threads`` で）。書き出したファイルは一時ディレクトリに置きます。
+（mini_dl の NumPy は threadpoolctl で、並列カーネルは ``cpu.set_num_threads`` で、onnxruntime は ``intra_op_num_threads`` で）。
+書き出したファイルは一時ディレクトリに置きます。
 """
 import os
 import platform
@@ -25,6 +26,7 @@ from threadpoolctl import threadpool_limits
 import mini_dl
 import mini_dl.functions as F
 import mini_dl.onnx
+from mini_dl.functions import cpu
 from mini_dl.models import CNN, GPT, MLP
 from bench import interleaved, options, report, save  # 同じフォルダの bench.py
 
@@ -60,6 +62,7 @@ def bench_model(model, one, many, path, rounds):
     results = {}
     for label, x, repeat in [("batch 1", one, 1 if rounds == 1 else 50), (f"batch {len(many)}", many, 1 if rounds == 1 else 3)]:
         with threadpool_limits(1), mini_dl.no_grad():
+            cpu.set_num_threads(1)  # mini_dl の並列カーネル（第15章）も 1 スレッドに
             times = interleaved({"mini_dl": lambda: model(x), "ORT (no opt)": lambda: off.run(None, {name: x}),
                                  "ORT (all opt)": lambda: full.run(None, {name: x})}, rounds, repeat)
         results[label] = (times, len(x))
