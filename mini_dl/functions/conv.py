@@ -263,10 +263,11 @@ class _Conv2dGradX(Function):
     def forward(self, gy, W):
         OC, C, KH, KW = W.shape
         gyT = gy.transpose(1, 0, 2, 3).reshape(OC, -1)  # (N, OC, OH, OW) -> (OC, N, OH, OW) -> (OC, N*OH*OW)
-        gcolT = workspace.take((C * KH * KW, gyT.shape[1]), gy.dtype, cuda.get_array_module(gy))
-        cuda.get_array_module(gy).matmul(W.reshape(OC, -1).T, gyT, out=gcolT)  # (C*KH*KW, OC) @ (OC, N*OH*OW)
+        xp = cuda.get_array_module(gy)
+        gcolT = workspace.take((C * KH * KW, gyT.shape[1]), gy.dtype, xp)  # 作業領域から (C*KH*KW, N*OH*OW)
+        xp.matmul(W.reshape(OC, -1).T, gyT, out=gcolT)  # (C*KH*KW, OC) @ (OC, N*OH*OW) -> (C*KH*KW, N*OH*OW)
         gx = col2im_array(gcolT.T, self.x_shape, (KH, KW), self.stride, self.pad)  # -> (N, C, H, W)
-        workspace.give(gcolT)
+        workspace.give(gcolT)  # col2im が読み終わったので返す
         return gx
 
     def backward(self, ggx):

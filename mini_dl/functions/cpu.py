@@ -26,6 +26,11 @@ def parallel_kernels(*arrays):
         return None
     if not all(type(a) is np.ndarray and a.dtype in (np.float32, np.float64) for a in arrays):
         return None
+    return _kernels()
+
+
+def _kernels():
+    """並列カーネルのモジュール（初めてなら読み込む）。numba が無ければ ``None``。"""
     if _loaded is None:
         _load()
     return _loaded or None
@@ -65,14 +70,14 @@ def _load_tbb():
 
 def set_num_threads(n):
     """並列カーネルが使うスレッド数を ``n`` にします（numba が無ければ何もしません）。"""
-    if parallel_kernels(np.empty(0, np.float32)) is not None:
+    if _kernels() is not None:
         import numba
         numba.set_num_threads(n)
 
 
 def get_num_threads():
     """並列カーネルが使うスレッド数を返します（numba が無ければ 1）。"""
-    if parallel_kernels(np.empty(0, np.float32)) is None:
+    if _kernels() is None:
         return 1
     import numba
     return numba.get_num_threads()
