@@ -50,6 +50,9 @@ def test_cnn_benchmark_runs_end_to_end(tmp_path):
     r = _smoke("cnn", tmp_path)
     assert {"CNN step, 1 threads", "conv forward", "conv backward"} <= r.keys()
     assert "mini_dl" in r["CNN step, 1 threads"] and "GEMM col @ W^T" in r["conv forward"]
+    assert "mini_dl (NumPy only)" in r["CNN step, 1 threads"]
+    faults = r.pop("page faults per step", None)  # Linux と macOS だけ（新しいプロセスで数えたページフォールト）
+    assert faults is None or set(faults) >= {"mini_dl", "mini_dl (NumPy only)"}
     assert all(v["median_s"] > 0 for part in r.values() for v in part.values())
 
 
